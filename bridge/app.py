@@ -1,0 +1,70 @@
+"""The application factory: ``create_app()`` builds the Flask app from bridge.yaml.
+Nothing happens at import time; tests build their own app with their own settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .config import Settings, load_settings
+from .store import Store, open_store
+
+log = logging.getLogger("bridge")
+
+
+@dataclass
+class Bridge:
+    """What the request handlers need, kept in ``app.extensions["bridge"]``."""
+
+    settings: Settings
+    store: Store
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+    settings = settings or load_settings()
+    store = store or open_store(settings.database_url)
+    store.migrate()
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    for source in settings.sources.values():
+        if source.disabled_reason:
+            log.warning("source '%s' accepts nothing: %s", source.name, source.disabled_reason)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["bridge"] = Bridge(settings=settings, store=store)
+
+    from . import health, ingest
+
+    app.register_blueprint(ingest.bp)
+    app.register_blueprint(health.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+MESSAGES = {
+    404: "not found: callbacks go to POST /hooks/<source>",
+    405: "method not allowed: send callbacks with POST",
+    413: "body too large for this bridge (max_body_bytes in bridge.yaml)",
+}
+
+
+def _http_error(err: HTTPException):
+    response = jsonify(error=MESSAGES.get(err.code or 500, err.description))
+    response.status_code = err.code or 500
+    if err.code == 405 and hasattr(err, "valid_methods") and err.valid_methods:
+        response.headers["Allow"] = ", ".join(err.valid_methods)
+    return response
+
+
+def _unexpected_error(err: Exception):
+    log.exception("unexpected error")
+    response = jsonify(error="internal error in the bridge; see its log")
+    response.status_code = 500
+    return response
