@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
-from .config import Settings, load_settings
+from .config import Settings, load_mappings, load_settings
+from .mapping import Mappings
 from .store import Store, open_store
 
 log = logging.getLogger("bridge")
@@ -22,10 +22,13 @@ class Bridge:
 
     settings: Settings
     store: Store
+    mappings: Mappings
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+def create_app(settings: Settings | None = None, store: Store | None = None,
+               mappings: Mappings | None = None) -> Flask:
     settings = settings or load_settings()
+    mappings = mappings or load_mappings(settings)
     store = store or open_store(settings.database_url)
     store.migrate()
     for warning in settings.warnings:
@@ -37,7 +40,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["bridge"] = Bridge(settings=settings, store=store)
+    app.extensions["bridge"] = Bridge(settings=settings, store=store, mappings=mappings)
 
     from . import health, ingest
 

@@ -4,19 +4,23 @@ A ``.env`` file in the working directory is read first; real environment variabl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets as secrets_module
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import requests
 from dotenv import load_dotenv
 
-from . import __version__, samples
-from .config import Settings, load_settings
-from .errors import ConfigErrors
+from . import __version__, samples, schema
+from .config import Settings, load_mappings, load_settings
+from .errors import ConfigError, ConfigErrors, MappingError
+from .mapping import Mapping, Mappings, load_mapping
 from .signatures import sign
 
 SECRET_VARS = ("RATIOREADY_WEBHOOK_SECRET", "ZUPERTRY_WEBHOOK_SECRET",
@@ -42,10 +46,22 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigErrors as err:
-        for error in err.errors:
-            click.echo(f"error: {error}", err=True)
-        click.echo(f"{len(err.errors)} problem(s) found; the bridge cannot start.", err=True)
-        sys.exit(1)
+        _exit_with(err)
+
+
+def mappings_or_exit(settings: Settings) -> Mappings:
+    """Load every source's mapping, or print every problem as file:line and exit 1."""
+    try:
+        return load_mappings(settings)
+    except ConfigErrors as err:
+        _exit_with(err)
+
+
+def _exit_with(err: ConfigErrors) -> NoReturn:
+    for error in err.errors:
+        click.echo(f"error: {error}", err=True)
+    click.echo(f"{len(err.errors)} problem(s) found; the bridge cannot start.", err=True)
+    sys.exit(1)
 
 
 @cli.command()
@@ -59,6 +75,7 @@ def settings_or_exit() -> Settings:
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the bridge's HTTP server (gunicorn)."""
     settings = settings_or_exit()
+    mappings_or_exit(settings)
     from .server import run_gunicorn
 
     click.echo(f"bridge {__version__} listening on http://{host}:{port} "
@@ -69,19 +86,166 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 @cli.command()
 @click.option("--strict", is_flag=True, help="Also fail on warnings (e.g. a missing secret).")
 def check(strict: bool) -> None:
-    """Check bridge.yaml and the provider profiles; exit 1 on any problem."""
+    """Check bridge.yaml, the provider profiles and every mapping; exit 1 on any problem."""
     settings = settings_or_exit()
+    problems = _mapping_problems(settings)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
     for warning in settings.warnings:
         click.echo(f"warning: {warning}")
-    click.echo(f"{settings.path}: ok")
     for source in settings.sources.values():
         state = (f"accepts nothing: {source.disabled_reason}" if source.disabled_reason
                  else f"ready ({len(source.secrets)} secret(s))")
-        click.echo(f"  /hooks/{source.name}  {source.profile.title}  {state}")
+        mapping = _relative(source.mapping) if source.mapping else "no mapping"
+        click.echo(f"  /hooks/{source.name}  {source.profile.title}  {state}; {mapping}")
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found.", err=True)
+        sys.exit(1)
     disabled = [s for s in settings.sources.values() if s.disabled_reason]
     if strict and (settings.warnings or disabled):
         click.echo(f"{len(settings.warnings) + len(disabled)} warning(s) with --strict", err=True)
         sys.exit(1)
+    click.echo(f"{settings.path}: ok")
+
+
+def _mapping_problems(settings: Settings) -> list[ConfigError]:
+    """Problems of every mapping in use, and of every other file in the mappings folder."""
+    paths = {s.mapping.resolve() for s in settings.sources.values() if s.mapping}
+    folder = Path(settings.path).resolve().parent / "mappings"
+    if folder.is_dir():
+        paths |= {p.resolve() for p in folder.glob("*.yaml")}
+    problems: list[ConfigError] = []
+    for path in sorted(paths):
+        try:
+            load_mapping(_relative(path))
+        except ConfigErrors as err:
+            problems.extend(err.errors)
+    return problems
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("payload", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sample", "sample_name", help="A shipped sample instead of a file.")
+@click.option("--all", "preview_all", is_flag=True, help="Every shipped sample of every source.")
+@click.option("--short", is_flag=True, help="Leave out the fields that are null.")
+def preview(source: str, payload: Path | None, sample_name: str | None, preview_all: bool,
+            short: bool) -> None:
+    """Print the flat job event a payload becomes with the current mapping.
+
+    SOURCE is a source of bridge.yaml (use 'all' with --all)."""
+    settings = settings_or_exit()
+    mappings = mappings_or_exit(settings)
+    if preview_all:
+        names = settings.sources if source == "all" else [source]
+        failures = sum(_preview_samples(settings, mappings, name) for name in names)
+        sys.exit(1 if failures else 0)
+    mapping = _mapping_for(settings, mappings, source)
+    try:
+        body = payload.read_bytes() if payload else samples.read(
+            _sample_profile(settings, source), sample_name)
+        data = json.loads(body)
+    except LookupError as err:
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:
+        raise click.ClickException(f"{payload}: not valid JSON ({err})") from None
+    try:
+        result = mapping.apply(data, "evt_preview", source, time.time())
+    except MappingError as err:
+        raise click.ClickException(f"mapping failed: {err}") from None
+    if result.event is None:
+        click.echo(f"filtered: no rule matched (tried: {', '.join(result.tried)}); the event "
+                   "would be stored but not forwarded")
+        return
+    event = {k: v for k, v in result.event.items() if v is not None} if short else result.event
+    click.echo(f"# rule '{result.rule}' of {mapping.file}", err=True)
+    click.echo(json.dumps(event, indent=2, ensure_ascii=False))
+
+
+def _mapping_for(settings: Settings, mappings: Mappings, source: str) -> Mapping:
+    if source not in settings.sources:
+        raise click.ClickException(f"unknown source '{source}'; sources in {settings.path}: "
+                                   f"{', '.join(settings.sources) or 'none'}")
+    mapping = mappings.get(source)
+    if mapping is None:
+        raise click.ClickException(f"source '{source}' has no mapping; create "
+                                   f"mappings/{source}.yaml")
+    return mapping
+
+
+def _preview_samples(settings: Settings, mappings: Mappings, source: str) -> int:
+    """One line per shipped sample; returns how many failed."""
+    mapping = _mapping_for(settings, mappings, source)
+    failures = 0
+    for name in samples.names(_sample_profile(settings, source)):
+        data = json.loads(samples.read(_sample_profile(settings, source), name))
+        try:
+            result = mapping.apply(data, "evt_preview", source, time.time())
+        except MappingError as err:
+            failures += 1
+            click.echo(f"{source}/{name}: FAILED {err}")
+            continue
+        if result.event is None:
+            click.echo(f"{source}/{name}: filtered (no rule matched)")
+        else:
+            filled = sum(v is not None for v in result.event.values())
+            click.echo(f"{source}/{name}: {result.event['event_type']} (rule '{result.rule}', "
+                       f"{filled} fields set)")
+    return failures
+
+
+@cli.command("schema")
+@click.option("--write", is_flag=True,
+              help="Write blueprints/schema/job-event.v1.schema.json and docs/SCHEMA.md.")
+def schema_command(write: bool) -> None:
+    """Print the JSON Schema of the job event (schema v1)."""
+    text = json.dumps(schema.json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if not write:
+        click.echo(text, nl=False)
+        return
+    for path, content in schema_files(text).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        click.echo(f"wrote {path}")
+
+
+def schema_files(json_text: str) -> dict[Path, str]:
+    doc = SCHEMA_DOC.format(table=schema.markdown_table())
+    return {Path("blueprints/schema/job-event.v1.schema.json"): json_text,
+            Path("docs/SCHEMA.md"): doc}
+
+
+SCHEMA_DOC = """# The job event (schema version 1)
+
+Every destination receives one flat JSON object with these keys, whatever the provider.
+Every key is always present, `null` when the provider has no value, so the data structure
+in Make, n8n or Zapier never changes between events. No nested objects, no arrays: lists
+are given both as numbered fields (`asset_url_1` … `asset_url_10`, `preview_url_1` …
+`preview_url_5`) and as one text with one URL per line (`asset_urls`, `preview_urls`).
+
+A mapping may add fields of its own whose names start with `x_` (text, number, true/false
+or null). The JSON Schema is `blueprints/schema/job-event.v1.schema.json`.
+This file is written by `bridge schema --write`; edit `bridge/schema.py`, not this file.
+
+{table}
+## Provider extras
+
+| provider | extras it fills |
+|---|---|
+| ratioready | `watermark` (clipart) |
+| zupertry | `workspace_id`, `org_id` |
+| posternity | `provider_event_id`, `error_code` |
+| upscale | `requested_count`, `generated_count`, `partial` |
+| listingrva | `style`, `platform`, `asset_ids` |
+"""
 
 
 @cli.command("send-test")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, ConfigErrors
+from .mapping import Mappings
 from .profiles import Profile, build_profile, load_profile_data, merge
 from .validate import Problems, check_keys, get, line_of
 from .yamlfile import Expanded, LineDict, expand_all, load_yaml_file
@@ -17,8 +18,8 @@ DEFAULT_CONFIG = "bridge.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 DEFAULT_MAX_BODY = 1024 * 1024
 TOP_KEYS = ("database_url", "max_body_bytes", "sources")
-SOURCE_KEYS = ("profile", "secrets", "title", "signature", "timestamp", "event_type",
-               "dedup_key")
+SOURCE_KEYS = ("profile", "secrets", "mapping", "title", "signature", "timestamp",
+               "event_type", "dedup_key")
 SOURCE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -30,6 +31,7 @@ class Source:
     profile: Profile
     secrets: tuple[str, ...]
     disabled_reason: str | None = None  # set when the source can accept nothing (fail closed)
+    mapping: Path | None = None  # its YAML mapping; None: events are stored, not forwarded
 
 
 @dataclass
@@ -72,7 +74,8 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
                      line_of(data, "max_body_bytes"))
     sources = get(data, "sources", dict, problems, "bridge.yaml", required=True) or {}
     for name, section in sources.items():
-        source = _source(str(name), section, sources, problems, settings.warnings)
+        source = _source(str(name), section, sources, problems, settings.warnings,
+                         Path(path).resolve().parent)
         if source is not None:
             settings.sources[source.name] = source
     if problems:
@@ -81,7 +84,7 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
 
 
 def _source(name: str, section: object, sources: LineDict, problems: Problems,
-            warnings: list[str]) -> Source | None:
+            warnings: list[str], base_dir: Path) -> Source | None:
     where = f"source '{name}'"
     if not set(name) <= SOURCE_NAME_CHARS:
         problems.add(f"source name '{name}' can only use a-z, 0-9, '-' and '_'",
@@ -97,14 +100,33 @@ def _source(name: str, section: object, sources: LineDict, problems: Problems,
                              line_of(sources, name))
     if base is None:
         return None
-    overrides = {k: v for k, v in section.items() if k not in ("profile", "secrets")}
+    overrides = {k: v for k, v in section.items() if k not in ("profile", "secrets", "mapping")}
     overrides = LineDict(overrides)
     overrides.line, overrides.key_lines = section.line, section.key_lines
     profile = build_profile(name, merge(base, overrides), problems)
     secrets, reason = _secrets(section, where, problems, warnings)
+    mapping = _mapping_path(name, section, base_dir, problems, warnings)
     if profile is None:
         return None
-    return Source(name=name, profile=profile, secrets=secrets, disabled_reason=reason)
+    return Source(name=name, profile=profile, secrets=secrets, disabled_reason=reason,
+                  mapping=mapping)
+
+
+def _mapping_path(name: str, section: Mapping, base_dir: Path, problems: Problems,
+                  warnings: list[str]) -> Path | None:
+    """The source's mapping file: ``mapping:`` if given, else mappings/<name>.yaml beside
+    bridge.yaml when it exists. Relative paths are relative to bridge.yaml's folder."""
+    given = get(section, "mapping", str, problems, f"source '{name}'")
+    path = base_dir / (given or f"mappings/{name}.yaml")
+    if path.is_file():
+        return path
+    if given:
+        problems.add(f"mapping file {path} does not exist", line_of(section, "mapping"),
+                     "the path is relative to the folder of bridge.yaml")
+    else:
+        warnings.append(f"source '{name}' has no mapping ({path} does not exist): its events "
+                        "are stored but not forwarded")
+    return None
 
 
 def _secrets(section: Mapping, where: str, problems: Problems,
@@ -130,3 +152,12 @@ def _secrets(section: Mapping, where: str, problems: Problems,
     if wanted:
         return (), f"no signing secret is set; set {wanted[0]} to the provider's webhook secret"
     return (), "no signing secret is configured; add 'secrets' to the source in bridge.yaml"
+
+
+def load_mappings(settings: Settings) -> Mappings:
+    """The mappings of every source, loaded and checked; raise ConfigErrors listing every
+    problem (the server refuses to start with an invalid mapping)."""
+    mappings = Mappings({name: source.mapping for name, source in settings.sources.items()
+                         if source.mapping is not None})
+    mappings.load_all()
+    return mappings

@@ -4,6 +4,7 @@
     ├── ConfigError        a bad bridge.yaml, profile or mapping (carries file and line)
     ├── SignatureError     a callback whose signature cannot be trusted (answered 401)
     ├── PayloadError       a verified body that is not a JSON object (answered 400)
+    ├── MappingError       a mapping that failed for one event at run time
     └── StoreUnavailable   the database cannot be reached or written (answered 503)
 
 Each is raised where it happens and turned into an HTTP answer (``bridge.ingest``)
@@ -55,3 +56,8 @@ class PayloadError(BridgeError):
 
 class StoreUnavailable(BridgeError):
     """The store cannot be reached or written; nothing was half-written."""
+
+
+class MappingError(BridgeError):
+    """A mapping failed for one event at run time (an expression met an unexpected type).
+    The event is kept, marked with this reason, and can be re-run once the YAML is fixed."""

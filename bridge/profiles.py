@@ -13,8 +13,15 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 
-from .signatures import ALGORITHMS, ENCODINGS, SECRET_ENCODINGS, Parts, Scheme, TimestampRule
-from .signatures import header_value
+from .signatures import (
+    ALGORITHMS,
+    ENCODINGS,
+    SECRET_ENCODINGS,
+    Parts,
+    Scheme,
+    TimestampRule,
+    header_value,
+)
 from .validate import Problems, check_keys, get, line_of
 from .yamlfile import LineDict, load_yaml_file
 

@@ -3,6 +3,7 @@ Subclasses give only what differs: how to connect, the placeholder, the driver e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -54,10 +55,8 @@ class SqlStore(Store):
             with self._lock:
                 if conn in self._connections:
                     self._connections.remove(conn)
-            try:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
                 conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close
-                pass
 
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Any]:
@@ -141,10 +140,8 @@ class SqlStore(Store):
         with self._lock:
             connections, self._connections = self._connections, []
         for conn in connections:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: BLE001
-                pass
         self._local = threading.local()
 
 
