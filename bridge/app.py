@@ -12,8 +12,16 @@ from werkzeug.exceptions import HTTPException
 from .config import Settings, load_mappings, load_settings
 from .mapping import Mappings
 from .store import Store, open_store
+from .worker import Worker
 
 log = logging.getLogger("bridge")
+RUNNING: list[Worker] = []  # delivery workers started in this process (stopped on exit)
+
+
+def stop_workers(timeout: float = 20.0) -> None:
+    """Stop this process's delivery workers gracefully (gunicorn's worker_exit hook)."""
+    while RUNNING:
+        RUNNING.pop().stop(timeout)
 
 
 @dataclass
@@ -23,10 +31,13 @@ class Bridge:
     settings: Settings
     store: Store
     mappings: Mappings
+    worker: Worker | None = None  # the delivery worker of this process, if it runs here
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None,
-               mappings: Mappings | None = None) -> Flask:
+               mappings: Mappings | None = None, start_worker: bool = False) -> Flask:
+    """Build the app. ``start_worker``: also run the delivery worker in this process (the
+    server does this when ``delivery.in_web`` is on; tests build apps without one)."""
     settings = settings or load_settings()
     mappings = mappings or load_mappings(settings)
     store = store or open_store(settings.database_url)
@@ -40,7 +51,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["bridge"] = Bridge(settings=settings, store=store, mappings=mappings)
+    bridge = Bridge(settings=settings, store=store, mappings=mappings)
+    if start_worker and settings.destinations:
+        bridge.worker = Worker(settings, store, mappings)
+        bridge.worker.start()
+        RUNNING.append(bridge.worker)
+    app.extensions["bridge"] = bridge
 
     from . import health, ingest
 

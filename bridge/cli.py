@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import secrets as secrets_module
+import signal
 import sys
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,7 +22,7 @@ from dotenv import load_dotenv
 
 from . import __version__, samples, schema
 from .config import Settings, load_mappings, load_settings
-from .errors import ConfigError, ConfigErrors, MappingError
+from .errors import BridgeError, ConfigError, ConfigErrors, MappingError
 from .mapping import Mapping, Mappings, load_mapping
 from .signatures import sign
 
@@ -318,3 +321,133 @@ def init(env_path: Path, if_missing: bool) -> None:
 def _first_line(err: Exception) -> str:
     text = str(err)
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _open_store(settings: Settings):
+    from .store import open_store
+
+    try:
+        store = open_store(settings.database_url)
+        store.migrate()
+    except (ConfigError, BridgeError) as err:
+        raise click.ClickException(str(err)) from None
+    return store
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Deliver what is due now, then exit.")
+def worker(burst: bool) -> None:
+    """Run the delivery worker as its own process (set delivery.in_web to false, or
+    BRIDGE_DELIVER_IN_WEB=false, so the web process does not deliver too).
+
+    SIGTERM or Ctrl-C: in-flight deliveries finish, the rest are released; a second one
+    exits at once."""
+    from .worker import Worker
+
+    settings = settings_or_exit()
+    mappings = mappings_or_exit(settings)
+    store = _open_store(settings)
+    if not settings.destinations:
+        click.echo("no destination has a URL: nothing to deliver (set MAKE_WEBHOOK_URL, "
+                   "N8N_WEBHOOK_URL or ZAPIER_WEBHOOK_URL)", err=True)
+        if burst:
+            return
+    delivery = Worker(settings, store, mappings)
+    if burst:
+        count = delivery.run_burst()
+        click.echo(f"burst done: {count} deliveries tried")
+        return
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop_requested.is_set():
+            click.echo("stopping now", err=True)
+            os._exit(1)
+        stop_requested.set()
+        click.echo("stopping: finishing in-flight deliveries (again to stop now)", err=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    delivery.start()
+    while not stop_requested.wait(1.0):
+        pass
+    delivery.stop(timeout=30.0)
+    store.close()
+
+
+@cli.command()
+@click.option("--status", "state", type=click.Choice(["pending", "done", "failed", "dead",
+                                                      "filtered"]),
+              help="Only deliveries in this state (failed: pending after a failed try).")
+@click.option("--source", help="Only events from this source.")
+@click.option("--destination", help="Only deliveries to this destination.")
+@click.option("--limit", type=int, default=50, show_default=True)
+def deliveries(state: str | None, source: str | None, destination: str | None,
+               limit: int) -> None:
+    """List deliveries, newest first."""
+    settings = settings_or_exit()
+    store = _open_store(settings)
+    rows = store.list_deliveries(state=state, source=source, destination=destination,
+                                 limit=limit)
+    if not rows:
+        click.echo("no deliveries match")
+        return
+    now = time.time()
+    table = [("EVENT", "SOURCE", "DESTINATION", "STATE", "TRIES", "LAST", "NEXT TRY")]
+    for d in rows:
+        shown = "failed" if d.state == "pending" and d.attempts else d.state
+        last = str(d.last_status) if d.last_status else (d.last_error or "-")
+        next_try = ("in flight" if d.leased_by else _when(d.next_attempt_at - now)) \
+            if d.state == "pending" else "-"
+        table.append((d.event_id, d.source, d.destination, shown, str(d.total_attempts),
+                       last[:40], next_try))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = zip(row, widths, strict=True)
+        click.echo("  ".join(cell.ljust(width) for cell, width in cells).rstrip())
+
+
+def _when(seconds: float) -> str:
+    if seconds <= 0:
+        return "now"
+    if seconds < 90:
+        return f"in {seconds:.0f} s"
+    if seconds < 5400:
+        return f"in {seconds / 60:.0f} min"
+    return f"in {seconds / 3600:.1f} h"
+
+
+@cli.command()
+@click.argument("event_id", required=False)
+@click.option("--dead", "dead", is_flag=True, help="Replay every dead letter (bulk).")
+@click.option("--source", help="With --dead: only this source.")
+@click.option("--since", help="With --dead: only events received since this date "
+                              "(2026-11-20 or 2026-11-20T10:00).")
+def replay(event_id: str | None, dead: bool, source: str | None, since: str | None) -> None:
+    """Send an event again (with the current mapping), or every dead letter with --dead."""
+    settings = settings_or_exit()
+    store = _open_store(settings)
+    now = time.time()
+    if dead == bool(event_id):
+        raise click.UsageError("give either an EVENT_ID or --dead")
+    if event_id:
+        event = store.get_event(event_id)
+        if event is None:
+            raise click.ClickException(f"no event {event_id}")
+        count = store.replay(event_id, settings.destinations_for(event.source), now)
+        click.echo(f"{event_id}: {count} deliver{'y' if count == 1 else 'ies'} queued again")
+        return
+    start = _parse_since(since) if since else None
+    count = store.replay_dead(now, source=source, since=start)
+    click.echo(f"{count} dead letter(s) queued again")
+
+
+def _parse_since(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a date like 2026-11-20 or "
+                                 "2026-11-20T10:00", param_hint="--since") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

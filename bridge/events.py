@@ -64,3 +64,71 @@ class Stored:
 
     event_id: str
     duplicate: bool
+
+
+# -- deliveries ---------------------------------------------------------------------------
+# States: pending (waiting for its first or next try; "failed" when attempts > 0),
+# done, dead (a dead letter: replayable), filtered (no mapping rule matched).
+DELIVERY_STATES = ("pending", "done", "dead", "filtered")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery a worker holds for a while (its lease), with what it needs to send it."""
+
+    delivery_id: int
+    event_id: str
+    destination: str
+    source: str
+    body: bytes
+    received_at: float
+    attempts: int             # failed tries in this round (the retry schedule's position)
+    total_attempts: int       # every try ever, across replays
+    round_started_at: float   # when this round began (creation or last replay)
+    send_at: float            # not before: the destination's rate limit slot
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one try of a claimed delivery came to, as the worker records it."""
+
+    delivery_id: int
+    state: str                # the delivery's new state: pending, done, dead, filtered
+    started_at: float
+    next_attempt_at: float | None = None
+    http_status: int | None = None
+    duration_ms: float | None = None
+    response_excerpt: str | None = None
+    error: str | None = None
+    attempted: bool = True    # False for filtered: nothing was sent
+    payload: str | None = None  # the flat event sent (JSON), kept for the dashboard
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    event_id: str
+    destination: str
+    state: str
+    attempts: int
+    total_attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    leased_by: str | None
+    created_at: float
+    updated_at: float
+    source: str = ""
+    event_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivery_id: int
+    number: int
+    started_at: float
+    duration_ms: float | None
+    http_status: int | None
+    response_excerpt: str | None
+    error: str | None
+    state: str

@@ -55,11 +55,13 @@ def receive(source_name: str) -> tuple[Response, int]:
         received_at=time.time(),
     )
     try:
-        stored = bridge.store.add_event(event)
+        stored = bridge.store.add_event(event, bridge.settings.destinations_for(source_name))
     except StoreUnavailable as err:
         log.error("event from %s not stored: %s", source_name, err)
         return _error(503, "storage is unavailable; the event was not stored, send it again")
     status = "duplicate" if stored.duplicate else "accepted"
+    if not stored.duplicate and bridge.worker is not None:
+        bridge.worker.notify()
     log.info("%s %s event %s (%s)", status, source_name, stored.event_id, event.event_type)
     return jsonify(status=status, event_id=stored.event_id), 200
 

@@ -24,7 +24,7 @@ class BridgeServer(BaseApplication):
     def load(self):
         from .app import create_app
 
-        return create_app(self.settings)
+        return create_app(self.settings, start_worker=self.settings.deliver_in_web)
 
 
 def run_gunicorn(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
@@ -41,5 +41,12 @@ def run_gunicorn(settings: Settings, host: str, port: int, workers: int, threads
         # the access log shows method, path and status: never headers or bodies
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
         "control_socket_disable": True,  # several bridges on one machine must not collide
+        "worker_exit": _stop_delivery,
     }
     BridgeServer(settings, options).run()
+
+
+def _stop_delivery(server, worker) -> None:
+    from .app import stop_workers
+
+    stop_workers(timeout=15.0)

@@ -88,7 +88,7 @@ def load_yaml(text: str, filename: str) -> Any:
 
 
 def _yaml_hint(problem: str) -> str:
-    if "tab" in problem:
+    if "tab" in problem or "'\\t'" in problem:  # PyYAML writes a tab as '\t'
         return "indent with spaces, not tabs"
     if "mapping values are not allowed" in problem:
         return "a value containing ': ' must be put in quotes"

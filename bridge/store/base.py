@@ -8,8 +8,9 @@ raises ``StoreUnavailable`` having changed nothing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
-from ..events import Event, NewEvent, Stored
+from ..events import Attempt, AttemptResult, Claim, Delivery, Event, NewEvent, Stored
 
 
 class Store(ABC):
@@ -18,10 +19,11 @@ class Store(ABC):
         """Create or upgrade the schema; safe to call from several processes at once."""
 
     @abstractmethod
-    def add_event(self, event: NewEvent) -> Stored:
-        """Store ``event`` in one short transaction, unless an event with the same
-        ``(source, dedup_key)`` is already stored, however long ago: then count the
-        duplicate and return the first event's id with ``duplicate=True``."""
+    def add_event(self, event: NewEvent, destinations: Sequence[str] = ()) -> Stored:
+        """Store ``event`` and one pending delivery per destination, in one short
+        transaction, unless an event with the same ``(source, dedup_key)`` is already
+        stored, however long ago: then count the duplicate, create nothing, and return
+        the first event's id with ``duplicate=True``."""
 
     @abstractmethod
     def get_event(self, event_id: str) -> Event | None:
@@ -39,3 +41,52 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections; the store may be used again (it reconnects)."""
+
+    # -- deliveries ------------------------------------------------------------------
+    @abstractmethod
+    def claim(self, destination: str, worker: str, limit: int, rate: float, lease: float,
+              now: float) -> list[Claim]:
+        """Take up to ``limit`` due pending deliveries of ``destination`` for ``worker``,
+        holding each for ``lease`` seconds (after that another worker may take it again:
+        a crashed worker loses nothing). Safe with any number of workers at once.
+
+        ``rate`` (per second) is shared by every worker through the store: each claim
+        gets a ``send_at`` slot, and no more is handed out than fits in the next second."""
+
+    @abstractmethod
+    def record(self, worker: str, results: Sequence[AttemptResult], now: float) -> None:
+        """Write what tries came to, in one transaction: the delivery's new state and one
+        attempt row per try that was sent. A delivery no longer held by ``worker`` keeps
+        its state (another worker took it over) but the attempt is still recorded."""
+
+    @abstractmethod
+    def release(self, worker: str, delivery_ids: Sequence[int], now: float) -> None:
+        """Give back claimed deliveries that were not tried (shutdown): due again now."""
+
+    @abstractmethod
+    def replay(self, event_id: str, destinations: Sequence[str], now: float) -> int | None:
+        """Send the event again: every delivery of it (and any missing one for
+        ``destinations``) becomes pending now, in a new round. None if no such event."""
+
+    @abstractmethod
+    def replay_dead(self, now: float, source: str | None = None,
+                    since: float | None = None) -> int:
+        """Every dead letter (of ``source``, of events received since ``since``) becomes
+        pending now, in a new round; returns how many."""
+
+    @abstractmethod
+    def list_deliveries(self, state: str | None = None, source: str | None = None,
+                        destination: str | None = None, limit: int = 100) -> list[Delivery]:
+        """Newest first. ``state`` may also be ``failed``: pending after a failed try."""
+
+    @abstractmethod
+    def deliveries_of(self, event_id: str) -> list[Delivery]:
+        """The deliveries of one event."""
+
+    @abstractmethod
+    def attempts_of(self, delivery_id: int) -> list[Attempt]:
+        """Every try of one delivery, oldest first."""
+
+    @abstractmethod
+    def next_due(self, destination: str) -> float | None:
+        """When the earliest pending delivery of ``destination`` is due, or None."""

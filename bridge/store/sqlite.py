@@ -30,6 +30,39 @@ class SqliteStore(SqlStore):
                last_duplicate_at REAL,
                UNIQUE (source, dedup_key))""",
         "CREATE INDEX IF NOT EXISTS events_source_id ON events (source, id)",
+        """CREATE TABLE IF NOT EXISTS deliveries (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               event_id TEXT NOT NULL REFERENCES events (id),
+               destination TEXT NOT NULL,
+               state TEXT NOT NULL,
+               attempts INTEGER NOT NULL DEFAULT 0,
+               total_attempts INTEGER NOT NULL DEFAULT 0,
+               next_attempt_at REAL NOT NULL,
+               round_started_at REAL NOT NULL,
+               leased_by TEXT,
+               last_status INTEGER,
+               last_error TEXT,
+               payload TEXT,
+               created_at REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               UNIQUE (event_id, destination))""",
+        """CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries
+               (destination, next_attempt_at) WHERE state = 'pending'""",
+        "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, id)",
+        """CREATE TABLE IF NOT EXISTS attempts (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+               number INTEGER NOT NULL,
+               started_at REAL NOT NULL,
+               duration_ms REAL,
+               http_status INTEGER,
+               response_excerpt TEXT,
+               error TEXT,
+               state TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id, number)",
+        """CREATE TABLE IF NOT EXISTS lanes (
+               destination TEXT PRIMARY KEY,
+               next_slot REAL NOT NULL)""",
     )
 
     def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
