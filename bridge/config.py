@@ -31,7 +31,7 @@ DESTINATION_KEYS = ("kind", "url", "headers", "signing_secret", "timeout", "rate
                     "concurrency", "retry")
 RETRY_KEYS = ("schedule", "repeat", "max_age", "jitter")
 ROUTE_KEYS = ("from", "to")
-DELIVERY_KEYS = ("in_web", "poll_interval")
+DELIVERY_KEYS = ("in_web", "poll_interval", "batch")
 SOURCE_KEYS = ("profile", "secrets", "mapping", "title", "signature", "timestamp",
                "event_type", "dedup_key")
 SOURCE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -58,6 +58,7 @@ class Settings:
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # source → destinations
     deliver_in_web: bool = True   # run the delivery worker inside the web process
     poll_interval: float = 1.0    # seconds an idle worker waits before looking again
+    batch: int = 20               # most deliveries a worker claims at once per destination
     warnings: list[str] = field(default_factory=list)
 
     def destinations_for(self, source: str) -> tuple[str, ...]:
@@ -260,6 +261,10 @@ def _delivery(data: LineDict, settings: Settings, problems: Problems) -> None:
         in_web = in_web.strip().lower() not in ("false", "no", "off", "0")
     settings.deliver_in_web = bool(in_web)
     settings.poll_interval = _duration(section, "poll_interval", 1.0, problems, "'delivery'")
+    settings.batch = get(section, "batch", int, problems, "'delivery'", default=20)
+    if settings.batch < 1:
+        problems.add("'batch' of 'delivery' must be 1 or more", line_of(section, "batch"))
+        settings.batch = 20
 
 
 def _source(name: str, section: object, sources: LineDict, problems: Problems,

@@ -55,7 +55,8 @@ class Worker:
         self.store = store
         self.mappings = mappings
         self.clock = clock
-        self.options = options or Options(poll_interval=settings.poll_interval)
+        self.options = options or Options(batch=settings.batch,
+                                          poll_interval=settings.poll_interval)
         self.id = worker_id()
         self.stopping = threading.Event()
         self.lanes = [Lane(self, d) for d in settings.destinations.values()]
