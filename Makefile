@@ -15,7 +15,7 @@ $(BIN)/bridge: pyproject.toml
 
 run: $(BIN)/bridge
 	$(BIN)/bridge init --if-missing
-	$(BIN)/bridge serve
+	$(BIN)/bridge demo
 
 test: $(BIN)/bridge
 	$(BIN)/pytest -q

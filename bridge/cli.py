@@ -451,3 +451,17 @@ def _parse_since(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+@cli.command()
+@click.option("--port", type=int, default=8000, envvar="PORT", show_default=True,
+              help="Port of the demo bridge (env PORT).")
+@click.option("--once", is_flag=True, help="Exit after the demo instead of keeping it running.")
+def demo(port: int, once: bool) -> None:
+    """See the bridge work end to end on this machine (the first thing to run)."""
+    from .demo import run_demo
+
+    settings = settings_or_exit()
+    mappings = mappings_or_exit(settings)
+    problems = run_demo(settings, mappings, port, once)
+    sys.exit(1 if problems else 0)
