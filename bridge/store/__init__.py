@@ -16,8 +16,9 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(url[len("sqlite:///"):])
     if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("PostgreSQL is not supported yet by this version of the bridge",
-                          hint="use sqlite:///bridge.db for now")
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ConfigError(f"DATABASE_URL must start with sqlite:/// or postgresql://, "
                       f"not '{describe_url(url)}'")
 
