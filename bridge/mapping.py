@@ -32,6 +32,7 @@ from typing import Any
 
 import jmespath
 import jmespath.exceptions
+import jmespath.functions
 
 from . import schema
 from .errors import ConfigError, ConfigErrors, MappingError
@@ -109,8 +110,9 @@ def iso_time(timestamp: float) -> str:
 
 
 def _truthy(value: Any) -> bool:
-    # JMESPath's idea of truth: null, false, "", [] and {} are false
-    return value not in (None, False, "", [], {})
+    # JMESPath's idea of truth: null, false, "", [] and {} are false (0 is true, and
+    # 0 == False in Python, so false is tested by identity)
+    return not (value is None or value is False or value in ("", [], {}))
 
 
 def _first_line(err: Exception) -> str:
@@ -162,7 +164,7 @@ def _rule(rule: Any, rules: LineList, index: int, filename: str,
     line = rules.line_of(index)
     if not isinstance(rule, LineDict):
         problems.add(f"rule {index + 1} must be a section with 'when', 'event_type' and "
-                     "'fields'", line)
+                     "'fields'", line, "e.g. - when: \"status == 'completed'\"")
         return None
     name = str(rule.get("name") or f"rule {index + 1}")
     check_keys(rule, RULE_KEYS, f"rule '{name}'", problems)
@@ -189,7 +191,7 @@ def _writers(fields: Any, parent: LineDict, key: str, filename: str,
         return ()
     if not isinstance(fields, LineDict):
         problems.add("'fields' must be a section of 'output_key: expression' lines",
-                     parent.line_of(key))
+                     parent.line_of(key), "e.g. job_id: data.job_id, one per line")
         return ()
     writers = []
     for name, spec in fields.items():
@@ -211,7 +213,8 @@ def _field(name: str, spec: Any, line: int, filename: str, problems: Problems) -
     check_keys(spec, SPEC_KEYS, f"field '{name}'", problems)
     sources = [k for k in ("from", "value", "template") if k in spec]
     if len(sources) != 1:
-        problems.add(f"field '{name}' needs exactly one of 'from', 'value' or 'template'", line)
+        problems.add(f"field '{name}' needs exactly one of 'from', 'value' or 'template'", line,
+                     "from reads the payload, value is fixed, template makes a text")
         return None
     spread = spec.get("spread")
     if spread is not None:
@@ -258,7 +261,7 @@ def _spread_field(name: str, spec: LineDict, line: int, filename: str,
     for other in ("join", "count", "map", "template", "value"):
         if other in spec:
             problems.add(f"field '{name}' cannot use '{other}' together with 'spread'",
-                         spec.line_of(other))
+                         spec.line_of(other), f"use another field for '{other}'")
             return None
     getter = _source_getter(spec, "from", filename, problems)
     if getter is None:
@@ -303,13 +306,15 @@ def _source_getter(spec: LineDict, kind: str, filename: str,
     if kind == "value":
         value = spec["value"]
         if isinstance(value, (dict, list)):
-            problems.add("'value' must be a single text, number, true/false or null", line)
+            problems.add("'value' must be a single text, number, true/false or null", line,
+                         "to join a list write it as one text")
             return None
         return lambda payload: value
     if kind == "template":
         return _template(spec["template"], line, filename, problems)
     if not isinstance(spec["from"], str):
-        problems.add("'from' must be an expression (a path such as data.job_id)", line)
+        problems.add("'from' must be an expression (a path such as data.job_id)", line,
+                     "put it in quotes if it starts with a special character")
         return None
     return _expression(spec["from"], line, filename, problems)
 
@@ -319,7 +324,8 @@ def _modifiers(getter: Getter | None, spec: LineDict, name: str,
     if getter is None:
         return None
     if "join" in spec and "count" in spec:
-        problems.add(f"field '{name}' cannot use both 'join' and 'count'", spec.line_of("count"))
+        problems.add(f"field '{name}' cannot use both 'join' and 'count'", spec.line_of("count"),
+                     "use two fields, e.g. asset_urls with join and asset_count with count")
         return None
     if "join" in spec:
         separator = spec["join"]
@@ -330,7 +336,8 @@ def _modifiers(getter: Getter | None, spec: LineDict, name: str,
         getter = _join(getter, separator)
     if "count" in spec:
         if spec["count"] is not True:
-            problems.add(f"'count' of field '{name}' must be true", spec.line_of("count"))
+            problems.add(f"'count' of field '{name}' must be true", spec.line_of("count"),
+                         "write count: true (without quotes), or remove it")
             return None
         getter = _count(getter)
     if "map" in spec:
@@ -339,12 +346,12 @@ def _modifiers(getter: Getter | None, spec: LineDict, name: str,
             problems.add(f"'map' of field '{name}' must be a section of 'from: to' lines",
                          spec.line_of("map"), "e.g. map: {complete: completed}")
             return None
-        getter = _lookup(getter, {str(k): v for k, v in table.items()})
+        getter = _lookup(getter, {_text(k): v for k, v in table.items()})
     if "default" in spec:
         default = spec["default"]
         if isinstance(default, (dict, list)):
             problems.add(f"'default' of field '{name}' must be a single value",
-                         spec.line_of("default"))
+                         spec.line_of("default"), "a text, number, true/false or null")
             return None
         getter = _default(getter, default)
     return getter
@@ -395,7 +402,36 @@ def _expression(text: str, line: int, filename: str, problems: Problems) -> Gett
                      "text values need quotes inside: status == 'completed'; "
                      "syntax: https://jmespath.org")
         return None
+    if not _check_functions(compiled.parsed, text, line, problems):
+        return None
     return compiled.search
+
+
+_FUNCTIONS = jmespath.functions.Functions.FUNCTION_TABLE
+
+
+def _check_functions(node: Any, text: str, line: int, problems: Problems) -> bool:
+    """JMESPath only finds an unknown function or a wrong number of arguments when it is
+    called, i.e. on every event; find them when the file is loaded instead."""
+    if not isinstance(node, dict):
+        return True
+    if node.get("type") == "function_expression":
+        name, args = node.get("value"), len(node.get("children", ()))
+        spec = _FUNCTIONS.get(name)
+        if spec is None:
+            problems.add(f"invalid expression '{text}': unknown function {name}()", line,
+                         suggest(name, _FUNCTIONS) or "functions: https://jmespath.org/"
+                         "specification.html#built-in-functions")
+            return False
+        signature = spec["signature"]
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if args < len(signature) or (args > len(signature) and not variadic):
+            wanted = f"{len(signature)}{' or more' if variadic else ''}"
+            problems.add(f"invalid expression '{text}': {name}() takes {wanted} argument(s), "
+                         f"not {args}", line, "see https://jmespath.org/specification.html")
+            return False
+    return all(_check_functions(child, text, line, problems)
+               for child in node.get("children", ()))
 
 
 def _path_getter(keys: list[str]) -> Getter:
@@ -473,6 +509,9 @@ def coerce(name: str, kind: str | None, value: Any, where: str) -> Any:
     if kind == "integer":
         if isinstance(number, float) and not number.is_integer():
             raise MappingError(f"{where}: field '{name}' must be a whole number, got {value!r}")
+        if number < 0:
+            raise MappingError(f"{where}: field '{name}' is a count and cannot be negative, "
+                               f"got {value!r}")
         return int(number)
     return number
 

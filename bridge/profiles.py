@@ -50,7 +50,7 @@ class Profile:
 
     def event_type_of(self, payload: Any, headers: Mapping[str, str]) -> str | None:
         value = self.event_type(payload, headers)
-        return None if value is None else str(value)[:200]
+        return None if value is None else _clean(str(value))[:200]
 
     def dedup_key_of(self, payload: Any, headers: Mapping[str, str], body: bytes) -> str:
         """The first alternative whose parts are all present, joined with ':'; else the
@@ -58,11 +58,16 @@ class Profile:
         for parts in self.dedup_alternatives:
             values = [extract(payload, headers) for extract in parts]
             if all(v is not None and v != "" for v in values):
-                key = ":".join(str(v) for v in values)
+                key = _clean(":".join(str(v) for v in values))
                 if len(key) <= MAX_DEDUP_KEY:
                     return key
                 return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
         return "body-sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _clean(text: str) -> str:
+    """Text safe for every database (PostgreSQL text cannot hold NUL characters)."""
+    return text.replace("\x00", "\ufffd")
 
 
 def load_profile_data(name: str, problems: Problems, line: int | None) -> LineDict | None:
