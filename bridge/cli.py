@@ -465,3 +465,14 @@ def demo(port: int, once: bool) -> None:
     mappings = mappings_or_exit(settings)
     problems = run_demo(settings, mappings, port, once)
     sys.exit(1 if problems else 0)
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (the servers also do it when they start)."""
+    from .store import describe_url
+
+    settings = settings_or_exit()
+    store = _open_store(settings)
+    store.close()
+    click.echo(f"database ready: {describe_url(settings.database_url)}")
