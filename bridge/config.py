@@ -3,6 +3,7 @@ plain objects. Every problem is collected and reported as ``file:line: what (hin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -293,6 +294,7 @@ def _source(name: str, section: object, sources: LineDict, problems: Problems,
     mapping = _mapping_path(name, section, base_dir, problems, warnings)
     if profile is None:
         return None
+    profile = dataclasses.replace(profile, name=profile_name)  # e.g. shop-2 uses "zupertry"
     return Source(name=name, profile=profile, secrets=secrets, disabled_reason=reason,
                   mapping=mapping)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -162,7 +163,9 @@ class SqlStore(Store):
               now: float) -> list[Claim]:
         with self.transaction(write=True) as cur:
             start = self._next_slot(cur, destination, now)
-            room = int((now + RATE_WINDOW - start) * rate)
+            # every slot that starts within the window (ceil, not int: at a rate below
+            # 1/s the window holds less than one slot, and int() would never hand one out)
+            room = math.ceil((now + RATE_WINDOW - start) * rate)
             count = min(limit, room)
             if count <= 0:
                 return []
