@@ -21,6 +21,7 @@ as ``file:line: what (hint)``. At run time a failure for one event raises Mappin
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -33,6 +34,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jmespath.functions
+import jmespath.visitor
 
 from . import schema
 from .errors import ConfigError, ConfigErrors, MappingError
@@ -404,9 +406,13 @@ def _expression(text: str, line: int, filename: str, problems: Problems) -> Gett
         return None
     if not _check_functions(compiled.parsed, text, line, problems):
         return None
-    return compiled.search
+    tree = compiled.parsed
+    return lambda payload: _INTERPRETER.visit(tree, payload)
 
 
+# One interpreter for every expression: ParsedResult.search() builds a new one per call,
+# which is most of the cost of a short expression. It keeps no state between calls.
+_INTERPRETER = jmespath.visitor.TreeInterpreter(jmespath.visitor.Options())
 _FUNCTIONS = jmespath.functions.Functions.FUNCTION_TABLE
 
 
@@ -495,6 +501,8 @@ def coerce(name: str, kind: str | None, value: Any, where: str) -> Any:
         raise MappingError(
             f"{where}: field '{name}' got {shape}, but job event fields are single values "
             "(use spread, join or count for lists, or a longer path for objects)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MappingError(f"{where}: field '{name}' got {value!r}, which JSON cannot carry")
     if kind in (None, "string"):
         return _text(value) if kind == "string" else value
     if kind == "boolean":
