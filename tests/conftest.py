@@ -9,7 +9,7 @@ import secrets as secrets_module
 import socket
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -167,3 +167,40 @@ def app(make_app, shipped_settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+# Tests that need PostgreSQL use BRIDGE_TEST_DATABASE_URL, else the local default; each
+# test gets its own schema, dropped afterwards. No server: the tests are skipped, saying why.
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    import os
+
+    psycopg = pytest.importorskip("psycopg")
+    url = os.environ.get("BRIDGE_TEST_DATABASE_URL") or DEFAULT_PG_URL
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        pytest.skip(f"no PostgreSQL server answers at {url} ({reason}); set "
+                    "BRIDGE_TEST_DATABASE_URL to run the PostgreSQL tests")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server_url) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, empty schema."""
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in pg_server_url else "?"
+    yield f"{pg_server_url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -1,5 +1,6 @@
-"""The store contract, run against every implementation: subclass ``StoreContract`` and
-override ``make_store`` (a PostgreSQL subclass can be added beside ``TestSqliteStore``)."""
+"""The store contract, run against every implementation: ``TestSqliteStore`` always,
+``TestPostgresStore`` on a real server when one answers (BRIDGE_TEST_DATABASE_URL, else
+postgresql://postgres@127.0.0.1:5432/test). Each subclass overrides only ``make_store``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import threading
 import pytest
 
 from bridge.errors import ConfigError, StoreUnavailable
-from bridge.events import NewEvent
+from bridge.events import Attempt, AttemptResult, NewEvent
 from bridge.store import describe_url, open_store
 from bridge.store.base import Store
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0
@@ -131,7 +133,170 @@ class StoreContract:
         assert store.get_event(event_id) is not None
 
 
-class TestSqliteStore(StoreContract):
+class DeliveryContract(StoreContract):
+    """Deliveries: the queue every worker shares. Times are given (``now=``), never read."""
+
+    def queue(self, store, count: int = 1, destinations=("make",)) -> list[str]:
+        return [store.add_event(new_event(f"job-{n}", received_at=T0), destinations).event_id
+                for n in range(count)]
+
+    def test_an_event_gets_one_pending_delivery_per_destination(self, store):
+        (event_id,) = self.queue(store, destinations=("make", "zapier"))
+        rows = store.deliveries_of(event_id)
+        assert [(d.destination, d.state, d.attempts, d.next_attempt_at) for d in rows] == [
+            ("make", "pending", 0, T0), ("zapier", "pending", 0, T0)]
+        assert (rows[0].source, rows[0].event_type) == ("ratioready", "completed")
+
+    def test_a_duplicate_creates_no_delivery(self, store):
+        (event_id,) = self.queue(store)
+        again = store.add_event(new_event("job-0", received_at=T0 + 5), ["make", "n8n"])
+        assert again.duplicate and [d.destination for d in store.deliveries_of(event_id)] == [
+            "make"]
+
+    def test_a_claim_carries_what_the_worker_needs(self, store):
+        (event_id,) = self.queue(store)
+        (claim,) = store.claim("make", "w1", limit=10, rate=100, lease=30, now=T0 + 1)
+        assert (claim.event_id, claim.destination, claim.source, claim.body, claim.received_at,
+                claim.attempts, claim.total_attempts, claim.round_started_at) == (
+            event_id, "make", "ratioready", b'{"job_id": "job_1"}', T0, 0, 0, T0)
+        assert claim.send_at == T0 + 1
+
+    def test_only_due_deliveries_of_that_destination_are_claimed(self, store):
+        self.queue(store, 2, destinations=("make",))
+        store.add_event(new_event("later", received_at=T0 + 100), ["make"])
+        assert store.claim("zapier", "w1", 10, 100, 30, now=T0 + 1) == []
+        claimed = store.claim("make", "w1", 10, 100, 30, now=T0 + 1)
+        assert len(claimed) == 2  # the one received at T0 + 100 is not due at T0 + 1
+
+    def test_a_claimed_delivery_is_held_until_its_lease_ends(self, store):
+        self.queue(store)
+        (first,) = store.claim("make", "w1", 10, 100, lease=30, now=T0)
+        assert store.claim("make", "w2", 10, 100, 30, now=T0 + 29) == []
+        (again,) = store.claim("make", "w2", 10, 100, 30, now=T0 + 31)  # w1 died
+        assert again.delivery_id == first.delivery_id
+
+    def test_the_rate_limit_is_shared_through_the_store(self, store):
+        self.queue(store, 10)
+        first = store.claim("make", "w1", 10, rate=2, lease=30, now=T0)
+        second = store.claim("make", "w2", 10, rate=2, lease=30, now=T0)
+        third = store.claim("make", "w2", 10, rate=2, lease=30, now=T0 + 1)
+        assert [c.send_at for c in first] == [T0, T0 + 0.5]
+        assert second == []  # both slots of this second are taken, whoever asks
+        assert [c.send_at for c in third] == [T0 + 1, T0 + 1.5]
+
+    def test_a_slow_rate_still_hands_out_one_slot(self, store):
+        self.queue(store, 2)
+        assert len(store.claim("make", "w1", 10, rate=0.1, lease=30, now=T0)) == 1
+        assert store.claim("make", "w1", 10, rate=0.1, lease=30, now=T0 + 5) == []
+        assert len(store.claim("make", "w1", 10, rate=0.1, lease=30, now=T0 + 9.5)) == 1
+
+    def test_recording_done_closes_the_delivery_and_keeps_the_attempt(self, store):
+        (event_id,) = self.queue(store)
+        (claim,) = store.claim("make", "w1", 10, 100, 30, now=T0)
+        store.record("w1", [AttemptResult(claim.delivery_id, "done", T0 + 1, http_status=200,
+                                          duration_ms=12.5, response_excerpt="Accepted",
+                                          payload='{"a": 1}')], now=T0 + 2)
+        (delivery,) = store.deliveries_of(event_id)
+        assert (delivery.state, delivery.attempts, delivery.total_attempts,
+                delivery.last_status, delivery.leased_by) == ("done", 1, 1, 200, None)
+        assert store.attempts_of(claim.delivery_id) == [
+            Attempt(claim.delivery_id, 1, T0 + 1, 12.5, 200, "Accepted", None, "done")]
+        assert store.claim("make", "w1", 10, 100, 30, now=T0 + 100) == []
+
+    def test_a_retry_is_due_again_at_its_time(self, store):
+        self.queue(store)
+        (claim,) = store.claim("make", "w1", 10, 100, 30, now=T0)
+        store.record("w1", [AttemptResult(claim.delivery_id, "pending", T0, next_attempt_at=T0 + 60,
+                                          http_status=503, error="HTTP 503")], now=T0 + 1)
+        assert store.claim("make", "w1", 10, 100, 30, now=T0 + 59) == []
+        (again,) = store.claim("make", "w1", 10, 100, 30, now=T0 + 60)
+        assert (again.attempts, again.total_attempts) == (1, 1)
+        failed = store.list_deliveries(state="failed")
+        assert [(d.id, d.last_status, d.last_error) for d in failed] == [
+            (claim.delivery_id, 503, "HTTP 503")]
+
+    def test_a_worker_that_lost_its_lease_does_not_overwrite_the_state(self, store):
+        self.queue(store)
+        (claim,) = store.claim("make", "w1", 10, 100, lease=30, now=T0)
+        store.claim("make", "w2", 10, 100, lease=30, now=T0 + 31)
+        store.record("w1", [AttemptResult(claim.delivery_id, "dead", T0 + 40, http_status=400,
+                                          error="HTTP 400")], now=T0 + 40)
+        (delivery,) = store.list_deliveries()
+        assert (delivery.state, delivery.leased_by) == ("pending", "w2")
+        assert [a.http_status for a in store.attempts_of(claim.delivery_id)] == [400]
+
+    def test_filtered_records_no_attempt(self, store):
+        (event_id,) = self.queue(store)
+        (claim,) = store.claim("make", "w1", 10, 100, 30, now=T0)
+        store.record("w1", [AttemptResult(claim.delivery_id, "filtered", T0, attempted=False,
+                                          error="filtered")], now=T0)
+        (delivery,) = store.deliveries_of(event_id)
+        assert (delivery.state, delivery.total_attempts) == ("filtered", 0)
+        assert store.attempts_of(claim.delivery_id) == []
+
+    def test_released_claims_are_due_at_once(self, store):
+        self.queue(store, 2)
+        claims = store.claim("make", "w1", 10, 100, lease=300, now=T0)
+        store.release("w1", [c.delivery_id for c in claims], now=T0 + 1)
+        assert len(store.claim("make", "w2", 10, 100, 30, now=T0 + 1)) == 2
+
+    def test_replay_starts_a_new_round_and_adds_missing_destinations(self, store):
+        (event_id,) = self.queue(store)
+        (claim,) = store.claim("make", "w1", 10, 100, 30, now=T0)
+        store.record("w1", [AttemptResult(claim.delivery_id, "dead", T0, http_status=410,
+                                          error="HTTP 410")], now=T0)
+        assert store.replay(event_id, ["make", "n8n"], now=T0 + 500) == 2
+        rows = store.deliveries_of(event_id)
+        assert [(d.destination, d.state, d.attempts, d.total_attempts, d.next_attempt_at)
+                for d in rows] == [("make", "pending", 0, 1, T0 + 500),
+                                   ("n8n", "pending", 0, 0, T0 + 500)]
+        (again,) = [c for c in store.claim("make", "w1", 10, 100, 30, now=T0 + 500)]
+        assert again.round_started_at == T0 + 500
+        assert store.replay("evt_nope", ["make"], now=T0) is None
+
+    def test_replay_dead_picks_by_source_and_date(self, store):
+        old = store.add_event(new_event("old", "ratioready", T0), ["make"]).event_id
+        new = store.add_event(new_event("new", "ratioready", T0 + 3600), ["make"]).event_id
+        other = store.add_event(new_event("x", "zupertry", T0 + 3600), ["make"]).event_id
+        claims = store.claim("make", "w1", 10, 100, 30, now=T0 + 4000)
+        store.record("w1", [AttemptResult(c.delivery_id, "dead", T0, error="gone")
+                            for c in claims], now=T0 + 4000)
+        assert store.replay_dead(T0 + 5000, source="ratioready", since=T0 + 60) == 1
+        states = {e: store.deliveries_of(e)[0].state for e in (old, new, other)}
+        assert states == {old: "dead", new: "pending", other: "dead"}
+        assert store.replay_dead(T0 + 5000) == 2
+        assert store.list_deliveries(state="dead") == []
+
+    def test_next_due_is_the_earliest_pending(self, store):
+        assert store.next_due("make") is None
+        store.add_event(new_event("a", received_at=T0 + 7), ["make"])
+        store.add_event(new_event("b", received_at=T0 + 3), ["make"])
+        assert store.next_due("make") == T0 + 3
+
+    def test_concurrent_claims_never_hand_out_a_delivery_twice(self, store):
+        self.queue(store, 60)
+        start = threading.Barrier(6)
+        taken, errors = [], []
+
+        def claim(worker: str) -> None:
+            start.wait()
+            try:
+                for _ in range(20):
+                    taken.extend(c.delivery_id for c in
+                                 store.claim("make", worker, 5, 1e6, 300, now=T0 + 1))
+            except Exception as err:  # noqa: BLE001 - reported by the assertion below
+                errors.append(err)
+
+        threads = [threading.Thread(target=claim, args=(f"w{n}",)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert sorted(taken) == sorted(set(taken)) and len(taken) == 60
+
+
+class TestSqliteStore(DeliveryContract):
     def make_store(self, tmp_path) -> Store:
         return SqliteStore(str(tmp_path / "events.db"))
 
@@ -189,3 +354,42 @@ def test_describe_url_hides_the_password():
     assert describe_url("postgres://bridge:s3cret@db.example:5432/x") == (
         "postgres://bridge:***@db.example:5432/x")
     assert describe_url("sqlite:///bridge.db") == "sqlite:///bridge.db"
+
+
+class TestPostgresStore(DeliveryContract):
+    """The same contract on a real PostgreSQL server (skipped, saying why, without one)."""
+
+    @pytest.fixture(autouse=True)
+    def _url(self, pg_url):
+        self.url = pg_url
+
+    def make_store(self, tmp_path) -> Store:
+        return PostgresStore(self.url)
+
+    def test_postgres_urls_open_a_postgres_store(self):
+        assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+        assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
+
+    def test_an_unreachable_server_is_unavailable(self):
+        store = PostgresStore("postgresql://postgres@127.0.0.1:1/test")
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+
+    def test_migrations_from_several_processes_at_once_succeed(self, pg_url):
+        stores = [PostgresStore(pg_url) for _ in range(4)]
+        errors = []
+
+        def migrate(store):
+            try:
+                store.migrate()
+            except Exception as err:  # noqa: BLE001
+                errors.append(err)
+
+        threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for store in stores:
+            store.close()
+        assert errors == []
