@@ -92,6 +92,11 @@ def check(strict: bool) -> None:
     """Check bridge.yaml, the provider profiles and every mapping; exit 1 on any problem."""
     settings = settings_or_exit()
     problems = _mapping_problems(settings)
+    blueprints = Path(settings.path).resolve().parent / "blueprints"
+    if blueprints.is_dir():
+        from .blueprints import problems as blueprint_problems
+
+        problems += blueprint_problems(blueprints)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     for warning in settings.warnings:
@@ -476,3 +481,8 @@ def migrate() -> None:
     store = _open_store(settings)
     store.close()
     click.echo(f"database ready: {describe_url(settings.database_url)}")
+
+
+from .blueprints import send_sample  # noqa: E402  (bridge.blueprints imports cli lazily)
+
+cli.add_command(send_sample)
