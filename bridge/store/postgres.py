@@ -21,8 +21,8 @@ MIGRATION_LOCK = 0x6272696467  # pg_advisory_xact_lock key: one migrating proces
 class PostgresStore(SqlStore):
     driver_errors = (psycopg.Error,)
     lock_rows = " FOR UPDATE OF d SKIP LOCKED"
-    ddl = (
-        f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",
+    migration_lock = (f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",)
+    migrations = ((  # version 1
         """CREATE TABLE IF NOT EXISTS events (
                id TEXT PRIMARY KEY,
                source TEXT NOT NULL,
@@ -69,7 +69,7 @@ class PostgresStore(SqlStore):
         """CREATE TABLE IF NOT EXISTS lanes (
                destination TEXT PRIMARY KEY,
                next_slot DOUBLE PRECISION NOT NULL)""",
-    )
+    ),)
 
     def __init__(self, url: str):
         super().__init__()

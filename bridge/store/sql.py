@@ -26,7 +26,10 @@ RATE_WINDOW = 1.0  # a claim hands out at most the sends that fit in the next se
 
 
 class SqlStore(Store):
-    ddl: tuple[str, ...] = ()
+    # Schema versions: migrations[0] makes version 1, migrations[1] version 2, …; a new
+    # version is a new entry at the end (never edit one that has shipped).
+    migrations: tuple[tuple[str, ...], ...] = ()
+    migration_lock: tuple[str, ...] = ()  # PostgreSQL: one migrating process at a time
     driver_errors: tuple[type[BaseException], ...] = ()
     lock_rows = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED"
 
@@ -100,8 +103,23 @@ class SqlStore(Store):
     # -- the contract ----------------------------------------------------------------
     def migrate(self) -> None:
         with self.transaction(write=True) as cur:
-            for statement in self.ddl:
+            for statement in self.migration_lock:
                 self.execute(cur, statement)
+            self.execute(cur, "CREATE TABLE IF NOT EXISTS bridge_schema (version INTEGER NOT NULL)")
+            row = self.execute(cur, "SELECT MAX(version) FROM bridge_schema").fetchone()
+            current = row[0] or 0
+            for version, statements in enumerate(self.migrations, start=1):
+                if version > current:
+                    for statement in statements:
+                        self.execute(cur, statement)
+            if len(self.migrations) > current:
+                self.execute(cur, "DELETE FROM bridge_schema")
+                self.execute(cur, "INSERT INTO bridge_schema (version) VALUES (?)",
+                             (len(self.migrations),))
+
+    def schema_version(self) -> int:
+        with self.transaction() as cur:
+            return self.execute(cur, "SELECT MAX(version) FROM bridge_schema").fetchone()[0]
 
     def add_event(self, event: NewEvent, destinations: Sequence[str] = ()) -> Stored:
         event = event.with_id()

@@ -16,7 +16,7 @@ BUSY_TIMEOUT_MS = 5000
 
 class SqliteStore(SqlStore):
     driver_errors = (sqlite3.Error,)
-    ddl = (
+    migrations = ((  # version 1
         """CREATE TABLE IF NOT EXISTS events (
                id TEXT PRIMARY KEY,
                source TEXT NOT NULL,
@@ -63,7 +63,7 @@ class SqliteStore(SqlStore):
         """CREATE TABLE IF NOT EXISTS lanes (
                destination TEXT PRIMARY KEY,
                next_slot REAL NOT NULL)""",
-    )
+    ),)
 
     def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         super().__init__()
