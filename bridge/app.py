@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     store.migrate()
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if settings.skipped_destinations:
+        log.warning("destinations skipped, their URL is not set: %s",
+                    ", ".join(settings.skipped_destinations))
     for source in settings.sources.values():
         if source.disabled_reason:
             log.warning("source '%s' accepts nothing: %s", source.name, source.disabled_reason)

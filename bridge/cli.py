@@ -101,6 +101,12 @@ def check(strict: bool) -> None:
         click.echo(f"error: {problem}", err=True)
     for warning in settings.warnings:
         click.echo(f"warning: {warning}")
+    if settings.skipped_destinations:
+        click.echo(f"warning: destinations skipped, their URL is not set: "
+                   f"{', '.join(settings.skipped_destinations)}")
+    if not settings.destinations:
+        click.echo("warning: no destination has a URL: events are stored, nothing is "
+                   "delivered (set MAKE_WEBHOOK_URL, N8N_WEBHOOK_URL or ZAPIER_WEBHOOK_URL)")
     for source in settings.sources.values():
         state = (f"accepts nothing: {source.disabled_reason}" if source.disabled_reason
                  else f"ready ({len(source.secrets)} secret(s))")
@@ -110,8 +116,10 @@ def check(strict: bool) -> None:
         click.echo(f"{len(problems)} problem(s) found.", err=True)
         sys.exit(1)
     disabled = [s for s in settings.sources.values() if s.disabled_reason]
-    if strict and (settings.warnings or disabled):
-        click.echo(f"{len(settings.warnings) + len(disabled)} warning(s) with --strict", err=True)
+    undelivered = 0 if settings.destinations else 1
+    if strict and (settings.warnings or disabled or undelivered):
+        click.echo(f"{len(settings.warnings) + len(disabled) + undelivered} warning(s) with "
+                   "--strict", err=True)
         sys.exit(1)
     click.echo(f"{settings.path}: ok")
 

@@ -31,7 +31,7 @@ TOP_KEYS = ("database_url", "max_body_bytes", "sources", "destinations", "routes
 DESTINATION_KEYS = ("kind", "url", "headers", "signing_secret", "timeout", "rate_limit",
                     "concurrency", "retry")
 RETRY_KEYS = ("schedule", "repeat", "max_age", "jitter")
-ROUTE_KEYS = ("from", "to")
+ROUTE_KEYS = ("from", "to", "event_types")
 DELIVERY_KEYS = ("in_web", "poll_interval", "batch")
 SOURCE_KEYS = ("profile", "secrets", "mapping", "title", "signature", "timestamp",
                "event_type", "dedup_key")
@@ -56,7 +56,10 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     sources: dict[str, Source] = field(default_factory=dict)
     destinations: dict[str, Destination] = field(default_factory=dict)
+    skipped_destinations: list[str] = field(default_factory=list)  # no URL set: "make (VAR)"
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # source → destinations
+    # (source, destination) → the event types that route forwards; absent: every type
+    route_filters: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     deliver_in_web: bool = True   # run the delivery worker inside the web process
     poll_interval: float = 1.0    # seconds an idle worker waits before looking again
     batch: int = 20               # most deliveries a worker claims at once per destination
@@ -64,6 +67,11 @@ class Settings:
 
     def destinations_for(self, source: str) -> tuple[str, ...]:
         return self.routes.get(source, ())
+
+    def forwards(self, source: str, destination: str, event_type: str) -> bool:
+        """Does a route take this mapped event type from source to destination?"""
+        allowed = self.route_filters.get((source, destination))
+        return allowed is None or event_type in allowed
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> str:
@@ -112,7 +120,7 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
 def _destinations(data: LineDict, settings: Settings, problems: Problems) -> set[str]:
     """Read ``destinations``; those whose URL is unset are skipped with one warning."""
     section = get(data, "destinations", dict, problems, "bridge.yaml") or {}
-    skipped = set()
+    skipped, unset = set(), []
     for name, spec in section.items():
         where = f"destination '{name}'"
         if not isinstance(spec, dict):
@@ -128,9 +136,7 @@ def _destinations(data: LineDict, settings: Settings, problems: Problems) -> set
         url = (get(spec, "url", str, problems, where) or "").strip()
         if not url:
             variable = next(iter(getattr(spec.get("url"), "variables", ())), None)
-            settings.warnings.append(
-                f"{where} is skipped: its URL is not set" +
-                (f" (set {variable} to the {kind} webhook URL)" if variable else ""))
+            unset.append(f"{name} ({variable})" if variable else str(name))
             skipped.add(str(name))
             continue
         if not url.startswith(("http://", "https://")) or " " in url:
@@ -140,6 +146,7 @@ def _destinations(data: LineDict, settings: Settings, problems: Problems) -> set
         destination = _destination(str(name), kind, url, spec, problems, where)
         if destination is not None:
             settings.destinations[destination.name] = destination
+    settings.skipped_destinations = unset
     return skipped
 
 
@@ -208,6 +215,7 @@ def _routes(data: LineDict, settings: Settings, skipped: set[str], problems: Pro
                      line_of(data, "routes"))
         return
     found: dict[str, list[str]] = {}
+    filters: dict[tuple[str, str], frozenset[str] | None] = {}
     for index, route in enumerate(routes):
         line = line_of(routes, index)
         if not isinstance(route, dict):
@@ -233,15 +241,38 @@ def _routes(data: LineDict, settings: Settings, skipped: set[str], problems: Pro
                 problems.add(f"route to unknown destination '{target}'", line_of(route, "to"),
                              suggest(target, settings.destinations) or "destinations are named "
                              "under 'destinations:'")
+        types = _event_types(route, problems)
         for source in sources:
             kept = found.setdefault(source, [])
-            kept += [t for t in targets if t in settings.destinations and t not in kept]
+            for target in targets:
+                if target not in settings.destinations:
+                    continue
+                if target not in kept:
+                    kept.append(target)
+                    filters[(source, target)] = types
+                elif filters.get((source, target)) is not None:
+                    # two routes for one pair: the union, or everything if one takes all
+                    filters[(source, target)] = None if types is None else (
+                        filters[(source, target)] | types)
     settings.routes = {source: tuple(targets) for source, targets in found.items() if targets}
+    settings.route_filters = {pair: types for pair, types in filters.items() if types}
     for name, source in settings.sources.items():
         if settings.routes.get(name) and source.mapping is None:
             problems.add(f"source '{name}' is routed but has no mapping",
                          line_of(data.get("sources"), name),
                          f"create mappings/{name}.yaml (copy a shipped one) or give 'mapping:'")
+
+
+def _event_types(route: Mapping, problems: Problems) -> frozenset[str] | None:
+    """A route's ``event_types`` (e.g. [job.failed]): only those are forwarded."""
+    if route.get("event_types") is None:
+        return None
+    types = _names(route["event_types"])
+    if not types:
+        problems.add("'event_types' of a route must be a list of event types",
+                     line_of(route, "event_types"), "e.g. event_types: [job.failed]")
+        return None
+    return frozenset(types)
 
 
 def _names(value: object) -> list[str]:

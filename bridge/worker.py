@@ -187,6 +187,11 @@ class Lane:
         if event is None:
             return AttemptResult(claim.delivery_id, "filtered", started, attempted=False,
                                  error="filtered: no mapping rule matched")
+        if not self.worker.settings.forwards(claim.source, self.destination.name,
+                                             event["event_type"]):
+            return AttemptResult(claim.delivery_id, "filtered", started, attempted=False,
+                                 error=f"filtered: the route to {self.destination.name} does "
+                                       f"not take {event['event_type']}")
         body, headers = self.destination.request(event)
         status, text, answer_headers, error, elapsed = self._post(body, headers)
         outcome = classify(self.destination.kind, status, text, answer_headers, error,

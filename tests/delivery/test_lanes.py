@@ -145,3 +145,21 @@ def test_stop_finishes_in_flight_and_releases_the_rest(make_rig, receiver):
     assert {d.leased_by for d in rest} == {None}      # released, not left to a lease
     assert all(d.next_attempt_at <= time.time() for d in rest)
     assert all(d.total_attempts == 0 for d in rest)
+
+
+def test_a_route_with_event_types_forwards_only_those(make_rig, receiver):
+    rig = make_rig({"log": destination(receiver.url("/log")),
+                    "alerts": destination(receiver.url("/alerts"))},
+                   routes=[{"from": "all", "to": ["log"]},
+                           {"from": "ratioready", "to": ["alerts"],
+                            "event_types": ["job.failed"]}])
+    completed = rig.add(payload=WALL_ART)
+    failed = rig.add(payload=sample("ratioready", "job_failed"))
+
+    rig.drain(lambda: receiver.count("/log") >= 2 and receiver.count("/alerts") >= 1)
+
+    assert sorted(receiver.ids("/log")) == sorted([completed, failed])
+    assert receiver.ids("/alerts") == [failed]
+    skipped = rig.delivery(completed, "alerts")
+    assert (skipped.state, skipped.total_attempts) == ("filtered", 0)
+    assert "does not take job.completed" in skipped.last_error
