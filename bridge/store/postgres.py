@@ -5,6 +5,7 @@ becomes StoreUnavailable and the next call reconnects."""
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 try:
@@ -79,6 +80,12 @@ class PostgresStore(SqlStore):
         return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT,
                                application_name="bridge")
 
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and _closed_by_server(conn):
+            self._drop_connection()  # restarted or failed over since its last use
+        return super()._connection()
+
     def sql(self, query: str) -> str:
         return query.replace("?", "%s")
 
@@ -86,3 +93,20 @@ class PostgresStore(SqlStore):
         from . import describe_url
 
         return f"PostgresStore({describe_url(self.url)!r})"
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Has the server closed this idle connection since its last use (a restart, a
+    failover, a cut)? An idle session is sent nothing else, so a readable socket means it
+    is gone; looking costs no round trip. Without this, the first call on each kept
+    connection after a restart failed (a 503 to a provider that may never retry)."""
+    if conn.closed:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
