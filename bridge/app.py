@@ -4,11 +4,14 @@ Nothing happens at import time; tests build their own app with their own setting
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import admin, logs, metrics
 from .config import Settings, load_mappings, load_settings
 from .mapping import Mappings
 from .store import Store, open_store
@@ -32,12 +35,17 @@ class Bridge:
     store: Store
     mappings: Mappings
     worker: Worker | None = None  # the delivery worker of this process, if it runs here
+    admin_token: str | None = None  # BRIDGE_ADMIN_TOKEN; None: dashboard, admin API off
+    metrics_public: bool = False    # BRIDGE_METRICS_PUBLIC: /metrics without the token
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None,
-               mappings: Mappings | None = None, start_worker: bool = False) -> Flask:
+               mappings: Mappings | None = None, start_worker: bool = False,
+               environ: Mapping[str, str] | None = None) -> Flask:
     """Build the app. ``start_worker``: also run the delivery worker in this process (the
-    server does this when ``delivery.in_web`` is on; tests build apps without one)."""
+    server does this when ``delivery.in_web`` is on; tests build apps without one).
+    ``environ`` (default os.environ) gives BRIDGE_ADMIN_TOKEN and BRIDGE_METRICS_PUBLIC."""
+    environ = os.environ if environ is None else environ
     settings = settings or load_settings()
     mappings = mappings or load_mappings(settings)
     store = store or open_store(settings.database_url)
@@ -54,7 +62,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
-    bridge = Bridge(settings=settings, store=store, mappings=mappings)
+    bridge = Bridge(settings=settings, store=store, mappings=mappings,
+                    admin_token=admin.admin_token(environ),
+                    metrics_public=admin.metrics_public(environ))
+    logs.protect(bridge.admin_token, *logs.secrets_of(settings))
     if start_worker and settings.destinations:
         bridge.worker = Worker(settings, store, mappings)
         bridge.worker.start()
@@ -65,6 +76,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
 
     app.register_blueprint(ingest.bp)
     app.register_blueprint(health.bp)
+    admin.init_app(app)
+    metrics.init_app(app)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app

@@ -5,7 +5,6 @@ A ``.env`` file in the working directory is read first; real environment variabl
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets as secrets_module
 import signal
@@ -23,6 +22,7 @@ from dotenv import load_dotenv
 from . import __version__, samples, schema
 from .config import Settings, load_mappings, load_settings
 from .errors import BridgeError, ConfigError, ConfigErrors, MappingError
+from .logs import setup_logging
 from .mapping import Mapping, Mappings, load_mapping
 from .signatures import sign
 
@@ -40,16 +40,17 @@ def main() -> None:
 @click.version_option(__version__, prog_name="bridge")
 def cli() -> None:
     """Webhook bridge: provider callbacks in, flat job events out to Make, n8n and Zapier."""
-    logging.basicConfig(level=os.environ.get("BRIDGE_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()  # BRIDGE_LOG_FORMAT, BRIDGE_LOG_LEVEL; secrets added once loaded
 
 
 def settings_or_exit() -> Settings:
     """Load bridge.yaml, or print every problem as file:line and exit 1."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigErrors as err:
         _exit_with(err)
+    setup_logging(settings)  # now every secret of bridge.yaml is hidden in the logs
+    return settings
 
 
 def mappings_or_exit(settings: Settings) -> Mappings:

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from . import metrics
 from .config import Source
 from .errors import PayloadError, SignatureError, StoreUnavailable
 from .events import NewEvent
@@ -57,12 +58,17 @@ def receive(source_name: str) -> tuple[Response, int]:
     try:
         stored = bridge.store.add_event(event, bridge.settings.destinations_for(source_name))
     except StoreUnavailable as err:
-        log.error("event from %s not stored: %s", source_name, err)
+        log.error("event from %s not stored: %s", source_name, err,
+                  extra={"source": source_name, "status": "unavailable", "http_status": 503})
+        metrics.event_received(source_name, "unavailable")
         return _error(503, "storage is unavailable; the event was not stored, send it again")
     status = "duplicate" if stored.duplicate else "accepted"
     if not stored.duplicate and bridge.worker is not None:
         bridge.worker.notify()
-    log.info("%s %s event %s (%s)", status, source_name, stored.event_id, event.event_type)
+    metrics.event_received(source_name, status)
+    log.info("%s %s event %s (%s)", status, source_name, stored.event_id, event.event_type,
+             extra={"source": source_name, "event_id": stored.event_id, "status": status,
+                    "event_type": event.event_type, "http_status": 200})
     return jsonify(status=status, event_id=stored.event_id), 200
 
 
@@ -91,7 +97,11 @@ def _kept_headers(source: Source) -> dict[str, str]:
 
 def _reject(status: int, source: str, reason: str) -> tuple[Response, int]:
     log.warning("rejected %s callback from %s: %s (%d)", source[:64], request.remote_addr,
-                reason, status)
+                reason, status, extra={"source": source[:64], "status": f"rejected_{status}",
+                                       "http_status": status,
+                                       "remote_addr": request.remote_addr})
+    # a source that is not configured is counted as "unknown": no label per made-up name
+    metrics.event_received(source if status != 404 else "unknown", f"rejected_{status}")
     return _error(status, reason)
 
 

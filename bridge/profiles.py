@@ -5,6 +5,7 @@ names one and may override any of its keys."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 
+from .errors import ConfigError
 from .signatures import (
     ALGORITHMS,
     ENCODINGS,
@@ -66,8 +68,12 @@ class Profile:
 
 
 def _clean(text: str) -> str:
-    """Text safe for every database (PostgreSQL text cannot hold NUL characters)."""
-    return text.replace("\x00", "\ufffd")
+    """Text safe for every database (PostgreSQL text cannot hold NUL characters, and no
+    driver can encode a lone surrogate, which JSON's "\\ud800" escape gives)."""
+    return _UNSAFE.sub("\ufffd", text)
+
+
+_UNSAFE = re.compile("[\x00\ud800-\udfff]")
 
 
 def load_profile_data(name: str, problems: Problems, line: int | None) -> LineDict | None:
@@ -76,7 +82,11 @@ def load_profile_data(name: str, problems: Problems, line: int | None) -> LineDi
         problems.add(f"unknown profile '{name}'", line,
                      f"shipped profiles: {', '.join(available())}")
         return None
-    data = load_yaml_file(path)
+    try:
+        data = load_yaml_file(path)
+    except ConfigError as err:  # a broken profile file: reported with its own file and line
+        problems.extend([err])
+        return None
     return data if isinstance(data, LineDict) else LineDict()
 
 

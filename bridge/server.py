@@ -6,8 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from .config import Settings
+from .logs import handler, setup_logging
+
+
+class BridgeLogger(Logger):
+    """gunicorn's own lines (start, worker errors, access) go through the bridge's handler:
+    the same format (BRIDGE_LOG_FORMAT) and the same redaction of secrets."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for old in list(logger.handlers):
+                logger.removeHandler(old)
+            logger.addHandler(handler())
 
 
 class BridgeServer(BaseApplication):
@@ -28,6 +42,7 @@ class BridgeServer(BaseApplication):
 
 
 def run_gunicorn(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
+    setup_logging(settings)
     options = {
         "bind": f"{host}:{port}",
         "workers": max(1, workers),
@@ -41,6 +56,7 @@ def run_gunicorn(settings: Settings, host: str, port: int, workers: int, threads
         # the access log shows method, path and status: never headers or bodies
         "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
         "control_socket_disable": True,  # several bridges on one machine must not collide
+        "logger_class": BridgeLogger,
         "worker_exit": _stop_delivery,
     }
     BridgeServer(settings, options).run()

@@ -29,6 +29,7 @@ ENCODINGS = ("hex", "base64")
 SECRET_ENCODINGS = ("raw", "base64")
 MAX_HEADER_LENGTH = 4096  # a longer signature header is refused before any work
 _PLACEHOLDER = re.compile(r"\{(body|timestamp|header:[A-Za-z0-9_-]+)\}")
+_HEX = re.compile(r"[0-9a-fA-F]*")  # only hex digits: bytes.fromhex would skip spaces
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def _decode(scheme: Scheme, candidate: str) -> bytes | None:
         candidate = candidate[len(scheme.prefix):]
     try:
         if scheme.encoding == "hex":
-            return bytes.fromhex(candidate) if candidate.isascii() else None
+            return bytes.fromhex(candidate) if _HEX.fullmatch(candidate) else None
         return base64.b64decode(candidate, validate=True)
     except (ValueError, binascii.Error):
         return None

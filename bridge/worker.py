@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import urllib3
 
+from . import metrics
 from .config import Settings
 from .destinations import Destination, Outcome, classify, excerpt
 from .errors import MappingError, StoreUnavailable
@@ -173,10 +174,12 @@ class Lane:
         if self.worker.stopping.wait(wait) if wait > 0 else self.worker.stopping.is_set():
             return None  # not started: released for another try
         try:
-            return self._deliver(claim)
+            result = self._deliver(claim)
         except Exception as err:  # noqa: BLE001 - one bad item never stops the loop
             log.exception("unexpected error delivering %s", claim.event_id)
-            return self._failed(claim, self.worker.clock(), f"internal error: {err}")
+            result = self._failed(claim, self.worker.clock(), f"internal error: {err}")
+        metrics.delivery_tried(self.destination.name, result.state, result.duration_ms)
+        return result
 
     def _deliver(self, claim: Claim) -> AttemptResult:
         started = self.worker.clock()
@@ -239,14 +242,15 @@ class Lane:
                 text: str, elapsed: float, payload: str) -> AttemptResult:
         state, next_at, reason = self._next_state(claim, outcome)
         name = self.destination.name
+        fields = _log_fields(claim, name, state, status, elapsed)
         if state == "done":
             log.info("delivered %s to %s: HTTP %s in %.0f ms (try %d)", claim.event_id, name,
-                     status, elapsed, claim.total_attempts + 1)
+                     status, elapsed, claim.total_attempts + 1, extra=fields)
         elif state == "pending":
             log.warning("retry %s to %s in %.0f s: %s", claim.event_id, name,
-                        next_at - self.worker.clock(), reason)
+                        next_at - self.worker.clock(), reason, extra=fields)
         else:
-            log.error("dead letter %s to %s: %s", claim.event_id, name, reason)
+            log.error("dead letter %s to %s: %s", claim.event_id, name, reason, extra=fields)
         return AttemptResult(claim.delivery_id, state, started, next_attempt_at=next_at,
                              http_status=status, duration_ms=round(elapsed, 1),
                              response_excerpt=excerpt(text) if text else None,
@@ -270,9 +274,19 @@ class Lane:
 
     def _failed(self, claim: Claim, started: float, reason: str) -> AttemptResult:
         state, next_at, reason = self._next_state(claim, Outcome("retry", reason))
-        log.error("%s to %s: %s", claim.event_id, self.destination.name, reason)
+        log.error("%s to %s: %s", claim.event_id, self.destination.name, reason,
+                  extra=_log_fields(claim, self.destination.name, state))
         return AttemptResult(claim.delivery_id, state, started, next_attempt_at=next_at,
                              error=reason)
+
+
+def _log_fields(claim: Claim, destination: str, state: str, http_status: int | None = None,
+                duration_ms: float | None = None) -> dict:
+    """The structured fields of an attempt's log line (JSON logs)."""
+    return {"event_id": claim.event_id, "source": claim.source, "destination": destination,
+            "status": metrics.OUTCOMES.get(state, state), "http_status": http_status,
+            "duration_ms": None if duration_ms is None else round(duration_ms, 1),
+            "attempt": claim.total_attempts + 1}
 
 
 def _connection_error(err: Exception) -> str:

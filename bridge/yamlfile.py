@@ -57,6 +57,15 @@ class LineLoader(yaml.SafeLoader):
             result.key_lines[key] = key_node.start_mark.line + 1
         return result
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, OverflowError) as err:
+            # a value PyYAML recognises but cannot build: 2024-13-45, !!int abc, 0x_
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {node.value!r}: {err}"[:200],
+                node.start_mark) from None
+
     def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:
         result = LineList(self.construct_object(child, deep=True) for child in node.value)
         result.line = node.start_mark.line + 1
@@ -85,9 +94,14 @@ def load_yaml(text: str, filename: str) -> Any:
                           _yaml_hint(problem)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML syntax error: {err}", filename) from None
+    except RecursionError:
+        raise ConfigError("YAML syntax error: nested too deeply", filename,
+                          hint="check the brackets") from None
 
 
 def _yaml_hint(problem: str) -> str:
+    if problem.startswith("cannot read the value"):
+        return "put the value in quotes if it is text"
     if "tab" in problem or "'\\t'" in problem:  # PyYAML writes a tab as '\t'
         return "indent with spaces, not tabs"
     if "mapping values are not allowed" in problem:

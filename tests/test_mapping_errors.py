@@ -361,7 +361,7 @@ def mutated_samples(draw):
         if isinstance(container, dict) and draw(st.integers(0, 3)) == 0:
             del container[key]
         else:
-            container[key] = draw(edges | scalars | json_values)
+            container[key] = copy.deepcopy(draw(edges | scalars | json_values))  # never shared
     return payload
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..events import Attempt, AttemptResult, Claim, Delivery, Event, NewEvent, Stored
 
@@ -90,3 +91,84 @@ class Store(ABC):
     @abstractmethod
     def next_due(self, destination: str) -> float | None:
         """When the earliest pending delivery of ``destination`` is due, or None."""
+
+    # -- the admin dashboard, API and metrics --------------------------------------------
+    # Every method that changes a delivery's state also refreshes its event's ``status``
+    # (see ``EVENT_STATUSES``) in the same transaction, so these read it from an index.
+    @abstractmethod
+    def search_events(self, source: str | None = None, status: str | None = None,
+                      text: str | None = None, before: str | None = None,
+                      limit: int = 50) -> list[EventSummary]:
+        """Events newest first, without their bodies. ``status`` is one of
+        ``EVENT_STATUSES`` or ``duplicate`` (received more than once); ``text`` is found
+        anywhere in the dedup key (which holds the provider's job id) or the event id;
+        ``before`` is an event id to page from (exclusive). Each page is a short index
+        walk however many events are stored, except a ``text`` search, which may scan."""
+
+    @abstractmethod
+    def summary(self, since: float, credits_since: float | None = None) -> Summary:
+        """Counts over the events received since ``since``: events per source, their
+        deliveries per source, destination and status; dead letters waiting now (all
+        time); and the credits of the events mapped and sent since ``credits_since``
+        (default ``since``) per UTC day and source, counted once per event."""
+
+    @abstractmethod
+    def totals(self) -> Totals:
+        """What a metrics scrape reports (all time, computed now): events per source and
+        status, deliveries per destination and state, and per destination the pending
+        deliveries with the start of the oldest one's current round."""
+
+    @abstractmethod
+    def delivery_payloads(self, event_id: str) -> dict[int, str | None]:
+        """The last flat event sent (JSON text) of each delivery of the event, by
+        delivery id; None for a delivery not sent yet."""
+
+
+# An event's status, from its deliveries, highest first: any dead → dead; any pending
+# after a failed try → failing; any pending → queued; any done → delivered; the rest
+# filtered (no mapping rule matched); no delivery at all (no route) → stored.
+EVENT_STATUSES = ("dead", "failing", "queued", "delivered", "filtered", "stored")
+
+
+def event_status(deliveries: Sequence[Delivery]) -> str:
+    """The status of an event with these deliveries (what the store keeps in SQL)."""
+    states = {d.state for d in deliveries}
+    if "dead" in states:
+        return "dead"
+    if any(d.state == "pending" and d.attempts > 0 for d in deliveries):
+        return "failing"
+    if "pending" in states:
+        return "queued"
+    if "done" in states:
+        return "delivered"
+    return "filtered" if deliveries else "stored"
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    """One row of the events list: an event without its body, with its status."""
+
+    id: str
+    source: str
+    event_type: str | None
+    dedup_key: str
+    received_at: float
+    duplicates: int
+    last_duplicate_at: float | None
+    status: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    since: float
+    events: list[tuple[str, int, int]]            # (source, events, duplicates received)
+    deliveries: list[tuple[str, str, str, int]]   # (source, destination, status, count)
+    dead_letters: dict[str, int]                  # destination → dead letters waiting
+    credits: list[tuple[str, str, float, int]]    # (UTC day, source, credits, events)
+
+
+@dataclass(frozen=True)
+class Totals:
+    events: dict[tuple[str, str], int]            # (source, status) → events
+    deliveries: dict[tuple[str, str], int]        # (destination, state) → deliveries
+    pending: dict[str, tuple[int, float]]         # destination → (pending, oldest round start)

@@ -13,7 +13,7 @@ try:
 except ImportError as err:  # pragma: no cover - psycopg is a dependency
     raise ImportError('PostgreSQL needs psycopg: run "pip install psycopg[binary]"') from err
 
-from .sql import SqlStore
+from .sql import EVENT_STATUS, SqlStore
 
 CONNECT_TIMEOUT = 5  # seconds
 MIGRATION_LOCK = 0x6272696467  # pg_advisory_xact_lock key: one migrating process at a time
@@ -22,6 +22,10 @@ MIGRATION_LOCK = 0x6272696467  # pg_advisory_xact_lock key: one migrating proces
 class PostgresStore(SqlStore):
     driver_errors = (psycopg.Error,)
     lock_rows = " FOR UPDATE OF d SKIP LOCKED"
+    like = "ILIKE"
+    day_sql = "CAST(FLOOR(e.received_at / 86400) AS BIGINT)"
+    credits_sql = ("CASE WHEN jsonb_typeof(d.payload::jsonb -> 'credits') = 'number' "
+                   "THEN (d.payload::jsonb ->> 'credits')::double precision END")
     migration_lock = (f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})",)
     migrations = ((  # version 1
         """CREATE TABLE IF NOT EXISTS events (
@@ -70,6 +74,16 @@ class PostgresStore(SqlStore):
         """CREATE TABLE IF NOT EXISTS lanes (
                destination TEXT PRIMARY KEY,
                next_slot DOUBLE PRECISION NOT NULL)""",
+    ), (  # version 2: the event status the admin dashboard filters on, and its indexes
+        "ALTER TABLE events ADD COLUMN status TEXT NOT NULL DEFAULT 'stored'",
+        f"UPDATE events SET status = {EVENT_STATUS}",
+        "CREATE INDEX IF NOT EXISTS events_status_id ON events (status, id)",
+        "CREATE INDEX IF NOT EXISTS events_source_status_id ON events (source, status, id)",
+        "CREATE INDEX IF NOT EXISTS events_duplicated ON events (id) WHERE duplicates > 0",
+        "CREATE INDEX IF NOT EXISTS events_received ON events (received_at)",
+        "CREATE INDEX IF NOT EXISTS events_search ON events (id, dedup_key)",
+        "CREATE INDEX IF NOT EXISTS deliveries_destination_state ON deliveries "
+        "(destination, state)",
     ),)
 
     def __init__(self, url: str):
@@ -77,8 +91,12 @@ class PostgresStore(SqlStore):
         self.url = url
 
     def connect(self) -> Any:
+        # keepalives and tcp_user_timeout: a network that silently drops packets fails a
+        # query within about 30 s instead of hanging a web thread or a lane for hours
         return psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT,
-                               application_name="bridge")
+                               application_name="bridge", keepalives=1, keepalives_idle=30,
+                               keepalives_interval=10, keepalives_count=3,
+                               tcp_user_timeout=30000)
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)

@@ -9,11 +9,12 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import StoreUnavailable
 from ..events import Attempt, AttemptResult, Claim, Delivery, Event, NewEvent, Stored
-from .base import Store
+from .base import EVENT_STATUSES, EventSummary, Store, Summary, Totals
 
 EVENT_COLUMNS = ("id, source, event_type, dedup_key, body, headers, remote_addr, received_at, "
                  "duplicates, last_duplicate_at")
@@ -24,6 +25,26 @@ ATTEMPT_COLUMNS = ("delivery_id, number, started_at, duration_ms, http_status, "
                    "response_excerpt, error, state")
 RATE_WINDOW = 1.0  # a claim hands out at most the sends that fit in the next second
 
+# An event's status, derived from its deliveries (highest first): any dead → dead; any
+# pending after a failed try → failing; any pending → queued; any done → delivered; the
+# rest filtered; no delivery at all → stored. Kept in events.status (schema version 2) by
+# every method that changes a delivery's state, in the same transaction, so the dashboard
+# can filter and page 100,000s of events on an index. A new derivation needs a new
+# migration that recomputes the column. One aggregate over the event's deliveries (found
+# by the (event_id, destination) index), not one EXISTS per state: SQLite would answer
+# those from the (state, id) index, scanning every delivery in that state.
+EVENT_STATUS = """COALESCE((
+    SELECT CASE
+        WHEN MAX(CASE WHEN s.state = 'dead' THEN 1 ELSE 0 END) = 1 THEN 'dead'
+        WHEN MAX(CASE WHEN s.state = 'pending' AND s.attempts > 0 THEN 1 ELSE 0 END) = 1
+            THEN 'failing'
+        WHEN MAX(CASE WHEN s.state = 'pending' THEN 1 ELSE 0 END) = 1 THEN 'queued'
+        WHEN MAX(CASE WHEN s.state = 'done' THEN 1 ELSE 0 END) = 1 THEN 'delivered'
+        WHEN COUNT(*) > 0 THEN 'filtered' END
+      FROM deliveries s WHERE s.event_id = events.id), 'stored')"""
+SUMMARY_COLUMNS = ("id, source, event_type, dedup_key, received_at, duplicates, "
+                   "last_duplicate_at, status")
+
 
 class SqlStore(Store):
     # Schema versions: migrations[0] makes version 1, migrations[1] version 2, …; a new
@@ -32,6 +53,11 @@ class SqlStore(Store):
     migration_lock: tuple[str, ...] = ()  # PostgreSQL: one migrating process at a time
     driver_errors: tuple[type[BaseException], ...] = ()
     lock_rows = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED"
+    like = "LIKE"  # case-insensitive (ASCII) in SQLite; PostgreSQL: ILIKE
+    # the UTC day number of e.received_at, and d.payload's "credits" when it is a number
+    day_sql = "CAST(e.received_at / 86400 AS INTEGER)"
+    credits_sql = ("CASE WHEN json_valid(d.payload) AND json_type(d.payload, '$.credits') "
+                   "IN ('integer', 'real') THEN json_extract(d.payload, '$.credits') END")
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -126,14 +152,15 @@ class SqlStore(Store):
         with self.transaction(write=True) as cur:
             row = self.execute(cur, """
                 INSERT INTO events (id, source, event_type, dedup_key, body, headers,
-                                    remote_addr, received_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                    remote_addr, received_at, status)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (source, dedup_key) DO UPDATE
                    SET duplicates = events.duplicates + 1,
                        last_duplicate_at = excluded.received_at
                 RETURNING id""",
                 (event.id, event.source, event.event_type, event.dedup_key, event.body,
-                 json.dumps(event.headers), event.remote_addr, event.received_at)).fetchone()
+                 json.dumps(event.headers), event.remote_addr, event.received_at,
+                 "queued" if destinations else "stored")).fetchone()
             created = row[0] == event.id
             if created:
                 self._add_deliveries(cur, event.id, destinations, event.received_at)
@@ -223,6 +250,9 @@ class SqlStore(Store):
         with self.transaction(write=True) as cur:
             for result in results:
                 self._record_one(cur, worker, result, now)
+            ids = sorted({result.delivery_id for result in results})
+            self._refresh_status(cur, "id IN (SELECT event_id FROM deliveries "
+                                      f"WHERE id IN ({_marks(ids)}))", tuple(ids))
 
     def _record_one(self, cur: Any, worker: str, result: AttemptResult, now: float) -> None:
         tried = 1 if result.attempted else 0
@@ -263,14 +293,16 @@ class SqlStore(Store):
                             (event_id,)).fetchone() is None:
                 return None
             self._add_deliveries(cur, event_id, destinations, now)
-            return self.execute(cur, f"{_RESTART} WHERE event_id = ?",
-                                (now, now, now, event_id)).rowcount
+            count = self.execute(cur, f"{_RESTART} WHERE event_id = ?",
+                                 (now, now, now, event_id)).rowcount
+            self._refresh_status(cur, "id = ?", (event_id,))
+            return count
 
     def replay_dead(self, now: float, source: str | None = None,
                     since: float | None = None) -> int:
         clauses, params = ["state = 'dead'"], []
+        inner, inner_params = [], []
         if source or since is not None:
-            inner, inner_params = [], []
             if source:
                 inner.append("source = ?")
                 inner_params.append(source)
@@ -280,8 +312,12 @@ class SqlStore(Store):
             clauses.append(f"event_id IN (SELECT id FROM events WHERE {' AND '.join(inner)})")
             params += inner_params
         with self.transaction(write=True) as cur:
-            return self.execute(cur, f"{_RESTART} WHERE {' AND '.join(clauses)}",
-                                (now, now, now, *params)).rowcount
+            count = self.execute(cur, f"{_RESTART} WHERE {' AND '.join(clauses)}",
+                                 (now, now, now, *params)).rowcount
+            # the events that held a dead letter are exactly those whose status was dead
+            self._refresh_status(cur, " AND ".join(["status = 'dead'", *inner]),
+                                 tuple(inner_params))
+            return count
 
     def list_deliveries(self, state: str | None = None, source: str | None = None,
                         destination: str | None = None, limit: int = 100) -> list[Delivery]:
@@ -333,6 +369,109 @@ class SqlStore(Store):
                 conn.close()
         self._local = threading.local()
 
+    # -- the admin dashboard, API and metrics ------------------------------------------
+    def _refresh_status(self, cur: Any, where: str, params: tuple) -> None:
+        """Recompute events.status of the events ``where`` selects (after their deliveries
+        changed, in the same transaction)."""
+        if self.lock_rows:  # PostgreSQL: lock in id order, so concurrent writers never
+            # deadlock (every writer locks deliveries first, then their events, in order)
+            self.execute(cur, f"SELECT id FROM events WHERE {where} ORDER BY id FOR UPDATE",
+                         params)
+        self.execute(cur, f"UPDATE events SET status = {EVENT_STATUS} WHERE {where}", params)
+
+    def search_events(self, source: str | None = None, status: str | None = None,
+                      text: str | None = None, before: str | None = None,
+                      limit: int = 50) -> list[EventSummary]:
+        clauses, params = [], []
+        if source:
+            clauses.append("source = ?")
+            params.append(source)
+        if status == "duplicate":
+            clauses.append("duplicates > 0")  # the partial index events_duplicated
+        elif status:
+            if status not in EVENT_STATUSES:
+                raise ValueError(f"unknown status '{status}'")
+            clauses.append("status = ?")
+            params.append(status)
+        if text:
+            pattern = f"%{_escape_like(text)}%"  # a parameter: no % in the SQL text
+            clauses.append(f"(dedup_key {self.like} ? ESCAPE '\\' "
+                           f"OR id {self.like} ? ESCAPE '\\')")
+            params += [pattern, pattern]
+        if before:
+            clauses.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT {SUMMARY_COLUMNS} FROM events {where} ORDER BY id DESC LIMIT ?"
+        if text:  # a scan: of the small index events_search, not of the rows with bodies
+            query = (f"SELECT {SUMMARY_COLUMNS} FROM events WHERE id IN (SELECT id FROM "
+                     f"events {where} ORDER BY id DESC LIMIT ?) ORDER BY id DESC")
+        with self.transaction() as cur:
+            rows = self.execute(cur, query, (*params, limit)).fetchall()
+        return [EventSummary(*row) for row in rows]
+
+    def summary(self, since: float, credits_since: float | None = None) -> Summary:
+        credits_since = since if credits_since is None else credits_since
+        # The window's events are taken first (MATERIALIZED, on the received_at index);
+        # otherwise SQLite walks the whole events table in source order for the GROUP BY.
+        with self.transaction() as cur:
+            events = self.execute(cur, """
+                WITH recent AS MATERIALIZED (
+                    SELECT source, duplicates FROM events WHERE received_at >= ?)
+                SELECT source, COUNT(*), COALESCE(SUM(duplicates), 0) FROM recent
+                 GROUP BY source ORDER BY source""", (since,)).fetchall()
+            deliveries = self.execute(cur, """
+                WITH recent AS MATERIALIZED (
+                    SELECT id, source FROM events WHERE received_at >= ?)
+                SELECT source, destination, status, COUNT(*) FROM (
+                    SELECT r.source AS source, d.destination AS destination,
+                           CASE WHEN d.state = 'pending' AND d.attempts > 0 THEN 'failing'
+                                WHEN d.state = 'pending' THEN 'queued'
+                                ELSE d.state END AS status
+                      FROM recent r JOIN deliveries d ON d.event_id = r.id) counted
+                 GROUP BY source, destination, status
+                 ORDER BY source, destination, status""", (since,)).fetchall()
+            dead = self.execute(cur, "SELECT destination, COUNT(*) FROM deliveries "
+                                     "WHERE state = 'dead' GROUP BY destination "
+                                     "ORDER BY destination").fetchall()
+            # one value per event however many destinations it went to
+            credits = self.execute(cur, f"""
+                WITH recent AS MATERIALIZED (
+                    SELECT id, source, received_at FROM events WHERE received_at >= ?)
+                SELECT day, source, SUM(credits), COUNT(*) FROM (
+                    SELECT {self.day_sql} AS day, e.source AS source,
+                           MAX({self.credits_sql}) AS credits
+                      FROM recent e JOIN deliveries d ON d.event_id = e.id
+                     WHERE d.payload IS NOT NULL
+                     GROUP BY e.id, e.source, e.received_at) sent
+                 WHERE credits IS NOT NULL
+                 GROUP BY day, source ORDER BY day, source""", (credits_since,)).fetchall()
+        return Summary(
+            since=since,
+            events=[(row[0], int(row[1]), int(row[2])) for row in events],
+            deliveries=[(row[0], row[1], row[2], int(row[3])) for row in deliveries],
+            dead_letters={row[0]: int(row[1]) for row in dead},
+            credits=[(_day(row[0]), row[1], float(row[2]), int(row[3])) for row in credits])
+
+    def totals(self) -> Totals:
+        with self.transaction() as cur:
+            events = self.execute(cur, "SELECT source, status, COUNT(*) FROM events "
+                                       "GROUP BY source, status").fetchall()
+            deliveries = self.execute(cur, "SELECT destination, state, COUNT(*) FROM deliveries "
+                                           "GROUP BY destination, state").fetchall()
+            pending = self.execute(cur, """
+                SELECT destination, COUNT(*), MIN(round_started_at) FROM deliveries
+                 WHERE state = 'pending' GROUP BY destination""").fetchall()
+        return Totals(events={(row[0], row[1]): int(row[2]) for row in events},
+                      deliveries={(row[0], row[1]): int(row[2]) for row in deliveries},
+                      pending={row[0]: (int(row[1]), float(row[2])) for row in pending})
+
+    def delivery_payloads(self, event_id: str) -> dict[int, str | None]:
+        with self.transaction() as cur:
+            rows = self.execute(cur, "SELECT id, payload FROM deliveries WHERE event_id = ?",
+                                (event_id,)).fetchall()
+        return {row[0]: row[1] for row in rows}
+
 
 _RESTART = """UPDATE deliveries
                  SET state = 'pending', attempts = 0, next_attempt_at = ?,
@@ -347,6 +486,14 @@ def _event(row: tuple) -> Event:
     return Event(id=row[0], source=row[1], event_type=row[2], dedup_key=row[3],
                  body=bytes(row[4]), headers=json.loads(row[5]), remote_addr=row[6],
                  received_at=row[7], duplicates=row[8], last_duplicate_at=row[9])
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _day(number: Any) -> str:
+    return datetime.fromtimestamp(int(number) * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def _reason(err: BaseException) -> str:

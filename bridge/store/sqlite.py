@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .sql import SqlStore
+from .sql import EVENT_STATUS, SqlStore
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -63,6 +63,16 @@ class SqliteStore(SqlStore):
         """CREATE TABLE IF NOT EXISTS lanes (
                destination TEXT PRIMARY KEY,
                next_slot REAL NOT NULL)""",
+    ), (  # version 2: the event status the admin dashboard filters on, and its indexes
+        "ALTER TABLE events ADD COLUMN status TEXT NOT NULL DEFAULT 'stored'",
+        f"UPDATE events SET status = {EVENT_STATUS}",
+        "CREATE INDEX IF NOT EXISTS events_status_id ON events (status, id)",
+        "CREATE INDEX IF NOT EXISTS events_source_status_id ON events (source, status, id)",
+        "CREATE INDEX IF NOT EXISTS events_duplicated ON events (id) WHERE duplicates > 0",
+        "CREATE INDEX IF NOT EXISTS events_received ON events (received_at)",
+        "CREATE INDEX IF NOT EXISTS events_search ON events (id, dedup_key)",
+        "CREATE INDEX IF NOT EXISTS deliveries_destination_state ON deliveries "
+        "(destination, state)",
     ),)
 
     def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
