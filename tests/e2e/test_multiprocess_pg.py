@@ -231,11 +231,11 @@ def test_two_web_processes_and_three_workers_deliver_each_event_exactly_once(
 
 
 def test_a_sigkilled_worker_among_three_loses_no_event(tmp_path, pg_url, receiver, spawn):
-    # timeout 1 s, batch 8, concurrency 8: a claim's lease is 8/100000 + 1 * 1 + 5 ≈ 6 s,
-    # so the killed worker's claims come back quickly; each answer takes 20 ms so that a
-    # worker holds claims most of the time
-    receiver.default("/tool", Reply(200, delay=0.02))
-    cluster = Cluster(tmp_path, pg_url, receiver.url("/tool"), spawn, timeout="1s", batch=8)
+    # timeout 1 s, batch 16, concurrency 8: a claim's lease is 16/100000 + 1 * 2 + 5 ≈ 7 s,
+    # so the killed worker's claims come back quickly; each answer takes 100 ms so that a
+    # worker holds a batch for about 200 ms: still holding it when it is killed
+    receiver.default("/tool", Reply(200, delay=0.1))
+    cluster = Cluster(tmp_path, pg_url, receiver.url("/tool"), spawn, timeout="1s", batch=16)
     cluster.wait_until_healthy()
 
     posted: dict[str, str] = {}
