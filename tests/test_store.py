@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -393,3 +394,69 @@ class TestPostgresStore(DeliveryContract):
         for store in stores:
             store.close()
         assert errors == []
+
+
+def test_group_commit_runs_concurrent_calls_in_few_batches_and_answers_each():
+    from bridge.store.sqlite import GroupCommit
+
+    batches = []
+
+    def run(items):
+        batches.append(list(items))
+        time.sleep(0.05)  # a commit's fsync: others arrive meanwhile
+        return [item * 10 for item in items]
+
+    group = GroupCommit(run)
+    start = threading.Barrier(12)
+    answers = {}
+
+    def call(n):
+        start.wait()
+        answers[n] = group.submit(n)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert answers == {n: n * 10 for n in range(12)}
+    assert sorted(item for batch in batches for item in batch) == list(range(12))
+    assert len(batches) < 12  # shared: fewer transactions than calls
+
+
+def test_group_commit_gives_a_failure_to_every_caller_of_that_batch_only():
+    from bridge.store.sqlite import GroupCommit
+
+    def run(items):
+        if "bad" in items:
+            raise StoreUnavailable("database unavailable: disk full")
+        return items
+
+    group = GroupCommit(run)
+    with pytest.raises(StoreUnavailable, match="disk full"):
+        group.submit("bad")
+    assert group.submit("good") == "good"  # the next batch is not poisoned
+
+
+def test_writers_of_two_stores_on_one_file_queue_on_the_lock_file(tmp_path):
+    first, second = (SqliteStore(str(tmp_path / "events.db")) for _ in range(2))
+    first.migrate()
+    errors = []
+
+    def add(store, prefix):
+        try:
+            for n in range(100):
+                store.add_event(new_event(f"{prefix}-{n}", received_at=T0 + n), ["make"])
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=add, args=(s, p)) for s, p in ((first, "a"), (second, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(first.list_events(limit=1000)) == 200
+    assert (tmp_path / "events.db-lock").exists()
+    first.close()
+    second.close()

@@ -95,10 +95,23 @@ class SqlStore(Store):
             with contextlib.suppress(Exception):  # a broken connection may fail to close
                 conn.close()
 
+    def write_lock(self) -> contextlib.AbstractContextManager:
+        """Held around every write transaction (SQLite: writers queue instead of polling)."""
+        return contextlib.nullcontext()
+
     @contextmanager
     def transaction(self, write: bool = False) -> Iterator[Any]:
         """One transaction: commit on success, roll back on any error; driver errors
         become StoreUnavailable (the connection is dropped and reopened next time)."""
+        if write:
+            with self.write_lock(), self._transaction(write) as cursor:
+                yield cursor
+        else:
+            with self._transaction(write) as cursor:
+                yield cursor
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Any]:
         try:
             conn = self._connection()
             cursor = conn.cursor()
@@ -148,22 +161,29 @@ class SqlStore(Store):
             return self.execute(cur, "SELECT MAX(version) FROM bridge_schema").fetchone()[0]
 
     def add_event(self, event: NewEvent, destinations: Sequence[str] = ()) -> Stored:
-        event = event.with_id()
+        return self.add_events([(event, destinations)])[0]
+
+    def add_events(self, items: Sequence[tuple[NewEvent, Sequence[str]]]) -> list[Stored]:
+        """``add_event`` for several events in one transaction (one commit, one fsync)."""
         with self.transaction(write=True) as cur:
-            row = self.execute(cur, """
-                INSERT INTO events (id, source, event_type, dedup_key, body, headers,
-                                    remote_addr, received_at, status)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (source, dedup_key) DO UPDATE
-                   SET duplicates = events.duplicates + 1,
-                       last_duplicate_at = excluded.received_at
-                RETURNING id""",
-                (event.id, event.source, event.event_type, event.dedup_key, event.body,
-                 json.dumps(event.headers), event.remote_addr, event.received_at,
-                 "queued" if destinations else "stored")).fetchone()
-            created = row[0] == event.id
-            if created:
-                self._add_deliveries(cur, event.id, destinations, event.received_at)
+            return [self._insert_event(cur, event.with_id(), destinations)
+                    for event, destinations in items]
+
+    def _insert_event(self, cur: Any, event: NewEvent, destinations: Sequence[str]) -> Stored:
+        row = self.execute(cur, """
+            INSERT INTO events (id, source, event_type, dedup_key, body, headers,
+                                remote_addr, received_at, status)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (source, dedup_key) DO UPDATE
+               SET duplicates = events.duplicates + 1,
+                   last_duplicate_at = excluded.received_at
+            RETURNING id""",
+            (event.id, event.source, event.event_type, event.dedup_key, event.body,
+             json.dumps(event.headers), event.remote_addr, event.received_at,
+             "queued" if destinations else "stored")).fetchone()
+        created = row[0] == event.id
+        if created:
+            self._add_deliveries(cur, event.id, destinations, event.received_at)
         return Stored(event_id=row[0], duplicate=not created)
 
     def _add_deliveries(self, cur: Any, event_id: str, destinations: Sequence[str],
