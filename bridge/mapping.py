@@ -49,7 +49,7 @@ SPEC_KEYS = ("from", "value", "template", "default", "spread", "join", "count", 
 EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 SIMPLE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
 
 Getter = Callable[[Any], Any]
 # A compiled field writes one or more output keys into the event being built.
@@ -497,9 +497,10 @@ def coerce(name: str, kind: str | None, value: Any, where: str) -> Any:
     """Fit a value to the schema type of ``name``, or raise MappingError saying why."""
     if value is None:
         return None
-    if isinstance(value, str) and not value.isascii():
-        # a lone surrogate (JSON's "\ud800") cannot be encoded, so it could never be sent
-        value = _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, str) and (not value.isascii() or "\x00" in value):
+        # a lone surrogate (JSON's "\ud800") cannot be encoded, so it could never be sent;
+        # a NUL is sent fine but PostgreSQL's jsonb (the admin summary) refuses it
+        value = _UNSENDABLE.sub("\ufffd", value)
     if isinstance(value, (dict, list)):
         shape = "a list" if isinstance(value, list) else "an object"
         raise MappingError(

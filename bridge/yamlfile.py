@@ -60,8 +60,11 @@ class LineLoader(yaml.SafeLoader):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, KeyError, OverflowError) as err:
-            # a value PyYAML recognises but cannot build: 2024-13-45, !!int abc, 0x_
+        except (ConfigError, yaml.YAMLError, RecursionError):
+            raise
+        except Exception as err:  # noqa: BLE001 - PyYAML's own errors on odd values
+            # a value PyYAML recognises but cannot build: 2024-13-45, !!int abc, 0x_,
+            # !!int "" (IndexError), !!timestamp with no value (AttributeError)
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read the value {node.value!r}: {err}"[:200],
                 node.start_mark) from None

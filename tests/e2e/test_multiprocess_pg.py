@@ -108,8 +108,8 @@ class Cluster:
             if self.server.poll() is not None:
                 pytest.fail(f"bridge serve exited ({self.server.returncode}):\n{self.logs()}")
             try:
-                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
+            except requests.RequestException:  # not up yet, or slow on a loaded machine
                 return False
 
         wait_for(healthy, timeout, interval=0.1, message=self.logs)
