@@ -87,7 +87,13 @@ def load_profile_data(name: str, problems: Problems, line: int | None) -> LineDi
     except ConfigError as err:  # a broken profile file: reported with its own file and line
         problems.extend([err])
         return None
-    return data if isinstance(data, LineDict) else LineDict()
+    data = data if isinstance(data, LineDict) else LineDict()
+    own = Problems(str(path))  # the profile alone first, so its problems name its file
+    build_profile(name, data, own)
+    if own:
+        problems.extend(own.errors)
+        return None
+    return data
 
 
 def merge(base: Mapping, override: Mapping) -> LineDict:
