@@ -69,7 +69,6 @@ class Stored:
 # -- deliveries ---------------------------------------------------------------------------
 # States: pending (waiting for its first or next try; "failed" when attempts > 0),
 # done, dead (a dead letter: replayable), filtered (no mapping rule matched).
-DELIVERY_STATES = ("pending", "done", "dead", "filtered")
 
 
 @dataclass(frozen=True)

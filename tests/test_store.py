@@ -268,12 +268,6 @@ class DeliveryContract(StoreContract):
         assert store.replay_dead(T0 + 5000) == 2
         assert store.list_deliveries(state="dead") == []
 
-    def test_next_due_is_the_earliest_pending(self, store):
-        assert store.next_due("make") is None
-        store.add_event(new_event("a", received_at=T0 + 7), ["make"])
-        store.add_event(new_event("b", received_at=T0 + 3), ["make"])
-        assert store.next_due("make") == T0 + 3
-
     def test_concurrent_claims_never_hand_out_a_delivery_twice(self, store):
         self.queue(store, 60)
         start = threading.Barrier(6)

@@ -89,13 +89,6 @@ class Store(ABC):
         """Every try of one delivery, oldest first."""
 
     @abstractmethod
-    def next_due(self, destination: str) -> float | None:
-        """When the earliest pending delivery of ``destination`` is due, or None."""
-
-    # -- the admin dashboard, API and metrics --------------------------------------------
-    # Every method that changes a delivery's state also refreshes its event's ``status``
-    # (see ``EVENT_STATUSES``) in the same transaction, so these read it from an index.
-    @abstractmethod
     def search_events(self, source: str | None = None, status: str | None = None,
                       text: str | None = None, before: str | None = None,
                       limit: int = 50) -> list[EventSummary]:

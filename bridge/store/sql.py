@@ -374,13 +374,6 @@ class SqlStore(Store):
                                 (delivery_id,)).fetchall()
         return [Attempt(*row) for row in rows]
 
-    def next_due(self, destination: str) -> float | None:
-        with self.transaction() as cur:
-            row = self.execute(cur, "SELECT MIN(next_attempt_at) FROM deliveries "
-                                    "WHERE destination = ? AND state = 'pending'",
-                               (destination,)).fetchone()
-        return row[0] if row else None
-
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
