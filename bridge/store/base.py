@@ -88,6 +88,9 @@ class Store(ABC):
     def attempts_of(self, delivery_id: int) -> list[Attempt]:
         """Every try of one delivery, oldest first."""
 
+    # -- the admin dashboard, API and metrics --------------------------------------------
+    # Every method that changes a delivery's state also refreshes its event's ``status``
+    # (see ``EVENT_STATUSES``) in the same transaction, so these read it from an index.
     @abstractmethod
     def search_events(self, source: str | None = None, status: str | None = None,
                       text: str | None = None, before: str | None = None,
